@@ -1,0 +1,28 @@
+"""Where the shipped weights and sample photos live, installed or in a source checkout."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+_CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def weights_dir() -> Path:
+    """Folder of the shipped weights: the installed ``facemtl.weights`` package, else ``<checkout>/weights``."""
+    try:
+        installed = Path(str(resources.files("facemtl.weights")))
+    except ModuleNotFoundError:
+        installed = None
+    if installed is not None and installed.is_dir() and any(installed.glob("*.pt")):
+        return installed
+    return _CHECKOUT_ROOT / "weights"
+
+
+def weights_path(name: str) -> Path:
+    """Path of one shipped weights file (which may not exist yet)."""
+    return weights_dir() / name
+
+
+def sample_photo(name: str = "astronaut.png") -> Path:
+    """Path of a sample photo shipped with the package."""
+    return Path(__file__).resolve().parent / "samples" / name
