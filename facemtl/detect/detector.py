@@ -1,0 +1,94 @@
+"""The user-facing face detector: any photos in, one list of :class:`~facemtl.types.Detection` per photo out."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..errors import InvalidInputError
+from ..io import load_image
+from ..types import Detection
+from .cascade import Cascade, CascadeConfig, CascadeOutput
+from .weights import load_detector_nets
+
+ImageLike = Any  # path, bytes, PIL image or numpy array: whatever facemtl.load_image takes
+
+
+def _is_single_image(images: Any) -> bool:
+    """True when ``images`` is one photo rather than a sequence of photos."""
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return not isinstance(images, (list, tuple))
+
+
+def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
+    """One photo, a list of photos or an (N,H,W,C) array -> list of RGB uint8 arrays."""
+    if _is_single_image(images):
+        return [load_image(images)]
+    return [load_image(img) for img in images]
+
+
+class FaceDetector:
+    """MTCNN detector with the shipped weights on a chosen device.
+
+    >>> detector = FaceDetector(device="cpu")
+    >>> faces_per_photo = detector.detect(["a.jpg", "b.png"])   # always one list per photo
+    """
+
+    def __init__(self, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
+                 min_face: float = 20.0, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+                 factor: float = 0.709) -> None:
+        self.device = resolve_device(device)
+        config = CascadeConfig(min_face=min_face, thresholds=thresholds, factor=factor)
+        _check_config(config)
+        nets = load_detector_nets(weights)
+        self.cascade = Cascade(nets["pnet"], nets["rnet"], nets["onet"], config).to(self.device).eval()
+
+    @property
+    def config(self) -> CascadeConfig:
+        return self.cascade.config
+
+    def detect(self, images: ImageLike | Sequence[ImageLike], min_face: float | None = None) -> list[list[Detection]]:
+        """Detect faces in one photo or many (any sizes, grayscale fine); one list per photo, best first."""
+        arrays = as_image_list(images)
+        return [_to_detections(out) for out in self.detect_arrays(arrays, min_face)]
+
+    def detect_arrays(self, arrays: Sequence[np.ndarray], min_face: float | None = None) -> list[CascadeOutput]:
+        """Detect in RGB uint8 (H,W,3) arrays; raw tensors (on the detector's device) per photo."""
+        config = self.config if min_face is None else replace(self.config, min_face=float(min_face))
+        _check_config(config)
+        if not arrays:
+            return []
+        return self.cascade(list(arrays), config)
+
+
+def _check_config(config: CascadeConfig) -> None:
+    """Refuse settings that would make the cascade loop forever or find nothing by construction."""
+    if not (config.min_face >= 1 and np.isfinite(config.min_face)):
+        raise InvalidInputError(f"min_face must be a finite number >= 1 pixel, got {config.min_face}")
+    if not 0 < config.factor < 1:
+        raise InvalidInputError(f"factor must be in (0, 1), got {config.factor}")
+    if len(config.thresholds) != 3 or not all(0 <= t <= 1 for t in config.thresholds):
+        raise InvalidInputError(f"thresholds must be three numbers in [0, 1], got {config.thresholds}")
+
+
+def _to_detections(out: CascadeOutput) -> list[Detection]:
+    """Raw cascade tensors of one photo -> Detection records."""
+    boxes, scores, landmarks = out.boxes.cpu().numpy(), out.scores.cpu().numpy(), out.landmarks.cpu().numpy()
+    return [Detection(boxes[k], float(scores[k]), landmarks[k]) for k in range(len(boxes))]
+
+
+_default: dict[str, FaceDetector] = {}
+
+
+def detect(images: ImageLike | Sequence[ImageLike], min_face: float = 20.0, device: str | torch.device = "cpu",
+           weights: str | os.PathLike[str] | None = None) -> list[list[Detection]]:
+    """Detect faces with the shipped MTCNN weights (the detector is built once per device and weights)."""
+    key = f"{resolve_device(device)}|{weights}"
+    if key not in _default:
+        _default[key] = FaceDetector(weights=weights, device=device)
+    return _default[key].detect(images, min_face=min_face)

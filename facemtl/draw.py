@@ -1,0 +1,31 @@
+"""Annotated copies of photos: boxes, landmarks and short labels drawn on faces."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+_BOX = (40, 220, 40)
+_POINTS = ((255, 60, 60), (60, 60, 255), (255, 220, 0), (255, 60, 255), (0, 220, 255))
+
+
+def draw_faces(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
+               labels: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+    """Copy of an RGB image with each face's box, five points and label lines (beside the box) drawn."""
+    out = np.ascontiguousarray(image).copy()
+    scale = max(out.shape[:2]) / 800.0
+    thick = max(1, round(2 * scale))
+    font = max(0.35, 0.5 * scale)
+    for k, box in enumerate(np.asarray(boxes).reshape(-1, 4)):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), _BOX, thick, cv2.LINE_AA)
+        for p, colour in zip(np.asarray(landmarks)[k], _POINTS):
+            cv2.circle(out, (int(round(p[0])), int(round(p[1]))), max(1, thick), colour, -1, cv2.LINE_AA)
+        for line_no, text in enumerate(labels[k] if labels else []):
+            y = y1 + int((line_no + 1) * 16 * font / 0.5)
+            org = (x2 + thick + 2, y)
+            cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thick + 2, cv2.LINE_AA)
+            cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), max(1, thick - 1),
+                        cv2.LINE_AA)
+    return out
