@@ -110,22 +110,27 @@ def _check_landmarks(landmarks5: np.ndarray | torch.Tensor) -> torch.Tensor:
     return pts
 
 
-def align(image: np.ndarray, landmarks5: np.ndarray, size: int = TEMPLATE_SIZE,
+def align(image: np.ndarray, landmarks5: np.ndarray, size: int = TEMPLATE_SIZE, padding: int = 0,
           device: str | torch.device = "cpu") -> AlignedFaces:
     """Crop every face of ``image`` (RGB uint8 HxWx3) aligned onto the five-point template.
 
-    ``landmarks5`` is (5,2) or (N,5,2) in photo pixels (image-left eye first). Returns crops, the
-    photo->crop matrices and the inverse mapping for points.
+    ``landmarks5`` is (5,2) or (N,5,2) in photo pixels (image-left eye first). ``padding`` adds that many
+    pixels of context on every side (the template stays at ``size`` scale, shifted by ``padding``), which
+    training uses to jitter crops without black borders. Returns crops of ``size + 2 * padding`` pixels,
+    the photo->crop matrices and the inverse mapping for points.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InvalidInputError("image must be an RGB uint8 array of shape (H, W, 3); use facemtl.load_image")
     if not isinstance(size, (int, np.integer)) or size < 8:
         raise InvalidInputError(f"size must be an integer >= 8, got {size!r}")
+    if not isinstance(padding, (int, np.integer)) or padding < 0:
+        raise InvalidInputError(f"padding must be a non-negative integer, got {padding!r}")
     pts = _check_landmarks(landmarks5)
-    matrices = similarity_transform(pts, torch.from_numpy(template(size)))
+    out = int(size + 2 * padding)
+    matrices = similarity_transform(pts, torch.from_numpy(template(size) + padding))
     if len(pts) == 0:
-        return AlignedFaces(np.zeros((0, size, size, 3), np.uint8), matrices.numpy(), size)
-    photo = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
-    crops = warp_crops(photo, matrices.to(device).float(), size)
+        return AlignedFaces(np.zeros((0, out, out, 3), np.uint8), matrices.numpy(), out)
+    photo = torch.from_numpy(np.array(image, copy=not image.flags.writeable)).to(device).permute(2, 0, 1).float()
+    crops = warp_crops(photo, matrices.to(device).float(), out)
     crops = crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return AlignedFaces(crops, matrices.numpy(), size)
+    return AlignedFaces(crops, matrices.numpy(), out)

@@ -10,6 +10,7 @@ the tensors' device.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +36,10 @@ class CascadeConfig:
     """Canvas pixels P-Net sees per call: small enough to stay in cache and to bound peak memory."""
     chunk: int = 128
     """Crops R-Net / O-Net see per call, for the same reason."""
+    edge: str = "clip"
+    """Boxes crossing the photo border: "clip" reads only the part inside and stretches it (as
+    facenet-pytorch does, so both find the same faces), "pad" reads outside pixels as black (as the
+    original MTCNN does)."""
 
 
 @dataclass
@@ -157,22 +162,40 @@ def area_crops(table: torch.Tensor, regions: torch.Tensor, size: int) -> torch.T
     x0, y0, x1, y1 = regions.long().unbind(1)
     xs, xe = _window_bounds(x0, (x1 - x0).clamp(min=0), size)
     ys, ye = _window_bounds(y0, (y1 - y0).clamp(min=0), size)
-    area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).clamp(min=1).unsqueeze(3)
+    inv_area = 1.0 / ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).clamp(min=1).unsqueeze(3).float()
     xs, xe = xs.clamp(0, cols - 1), xe.clamp(0, cols - 1)
     ys, ye = ys.clamp(0, rows - 1) * cols, ye.clamp(0, rows - 1) * cols
     corners = torch.stack([ye[:, :, None] + xe[:, None, :], ys[:, :, None] + xe[:, None, :],
                            ye[:, :, None] + xs[:, None, :], ys[:, :, None] + xs[:, None, :]])
     flat = table.reshape(-1, table.shape[2])
     v = flat.index_select(0, corners.reshape(-1)).view(4, len(regions), size, size, table.shape[2])
-    return (v[0] - v[1] - v[2] + v[3]).float() / area.float()
+    return (v[0] - v[1] - v[2] + v[3]).float() * inv_area
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    """MTCNN's input scaling of 0..255 pixels to about [-1, 1]."""
-    return (x - 127.5) * 0.0078125
+INPUT_MEAN = 127.5
+INPUT_SCALE = 0.0078125
 
 
-def _run_pnet_banded(pnet: PNet, canvas: torch.Tensor, band_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_input_scaling(net: nn.Module) -> nn.Module:
+    """Copy of ``net`` that takes raw 0..255 pixels: MTCNN's ``(x - 127.5) / 128`` moved into ``conv1``.
+
+    Exact because ``conv1`` has no padding; it saves a pass over every canvas pixel and crop.
+    """
+    net = copy.deepcopy(net)
+    conv = net.conv1
+    with torch.no_grad():
+        conv.bias -= INPUT_MEAN * INPUT_SCALE * conv.weight.sum(dim=(1, 2, 3))
+        conv.weight *= INPUT_SCALE
+    return net
+
+
+def _level_cells(side: int) -> int:
+    """P-Net output cells along a level side, counting MTCNN's last, partly outside, window on odd sides."""
+    return (side - 1) // 2 - 4
+
+
+def _run_pnet_banded(pnet: PNet, canvas: torch.Tensor, outside: torch.Tensor,
+                     band_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """P-Net over a canvas in row bands overlapping by one window, so every output cell is computed once."""
     height, width = canvas.shape[2], canvas.shape[3]
     rows_out = (height - PNET_CELL) // PNET_STRIDE + 1
@@ -181,7 +204,8 @@ def _run_pnet_banded(pnet: PNet, canvas: torch.Tensor, band_pixels: int) -> tupl
     for start in range(0, rows_out, band_rows):
         n = min(band_rows, rows_out - start)
         y0 = start * PNET_STRIDE
-        reg, prob = pnet(canvas[:, :, y0:y0 + (n - 1) * PNET_STRIDE + PNET_CELL])
+        y1 = y0 + (n - 1) * PNET_STRIDE + PNET_CELL
+        reg, prob = pnet(canvas[:, :, y0:y1], outside[y0:y1 - 2])
         regs.append(reg[0, :, :n])
         probs.append(prob[0, :n])
     return torch.cat(regs, dim=1), torch.cat(probs, dim=0)
@@ -205,15 +229,32 @@ def _regress(boxes: torch.Tensor, reg: torch.Tensor, plus_one: bool = True) -> t
     return boxes + reg * torch.stack([w, h, w, h], dim=1)
 
 
-def _crops(tables: list[torch.Tensor], boxes: torch.Tensor, image_ids: torch.Tensor, size: int) -> torch.Tensor:
-    """Network inputs for each box: MTCNN's region ``trunc(x1)-1 .. trunc(x2)`` area-resampled, normalised."""
+def _crops(tables: list[torch.Tensor], boxes: torch.Tensor, image_ids: torch.Tensor, size: int,
+           edge: str) -> torch.Tensor:
+    """Network inputs for boxes grouped by photo: MTCNN's region ``trunc(x1)-1 .. trunc(x2)``, area-resampled.
+
+    With ``edge="clip"`` the region is first cut to the photo (stretching border faces).
+    """
     t = boxes.trunc()
     regions = torch.cat([t[:, :2] - 1, t[:, 2:]], dim=1)
-    out = boxes.new_empty((len(boxes), size, size, 3))
-    for i in torch.unique(image_ids).tolist():
-        sel = (image_ids == i).nonzero().squeeze(1)
-        out[sel] = area_crops(tables[i], regions[sel], size)
-    return _normalise(out).permute(0, 3, 1, 2)
+    ids, counts = torch.unique_consecutive(image_ids, return_counts=True)
+    parts = regions.split(counts.tolist())
+    if edge == "clip":
+        parts = [torch.minimum(part.clamp(min=0), _limits(tables[i])) for i, part in zip(ids.tolist(), parts)]
+    crops = torch.cat([area_crops(tables[i], part, size) for i, part in zip(ids.tolist(), parts)])
+    return crops.permute(0, 3, 1, 2)
+
+
+def _limits(table: torch.Tensor) -> torch.Tensor:
+    """(W, H, W, H) of the photo behind a summed-area table, for clipping regions."""
+    h, w = table.shape[0] - 1, table.shape[1] - 1
+    return torch.tensor([w, h, w, h], dtype=torch.float32, device=table.device)
+
+
+def _by_image(image_ids: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Reorder tensors so boxes of the same photo are contiguous (stable, so score order is kept)."""
+    order = torch.argsort(image_ids, stable=True)
+    return (image_ids[order], *(t[order] for t in tensors))
 
 
 def _chunked(net: nn.Module, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
@@ -253,7 +294,7 @@ class Cascade(nn.Module):
 
     def __init__(self, pnet: PNet, rnet: RNet, onet: ONet, config: CascadeConfig = CascadeConfig()) -> None:
         super().__init__()
-        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.pnet, self.rnet, self.onet = (fold_input_scaling(n) for n in (pnet, rnet, onet))
         self.config = config
         self.to(memory_format=torch.channels_last)
 
@@ -287,12 +328,16 @@ class Cascade(nn.Module):
         canvas = torch.zeros(1, height, width, 3, device=device)
         owner = torch.full(((height - PNET_CELL) // 2 + 1, (width - PNET_CELL) // 2 + 1), -1,
                            dtype=torch.long, device=device)
+        outside = torch.zeros(height - 2, width - 2, dtype=torch.bool, device=device)
         for k, lv in enumerate(levels):
-            canvas[0, lv.y:lv.y + lv.height, lv.x:lv.x + lv.width] = _normalise(
-                area_resize(tables[lv.image], lv.height, lv.width))
-            owner[lv.y // 2:lv.y // 2 + (lv.height - PNET_CELL) // 2 + 1,
-                  lv.x // 2:lv.x // 2 + (lv.width - PNET_CELL) // 2 + 1] = k
-        reg, prob = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), cfg.band_pixels)
+            y, x, h, w = lv.y, lv.x, lv.height, lv.width
+            canvas[0, y:y + h, x:x + w] = area_resize(tables[lv.image], h, w)
+            owner[y // 2:y // 2 + _level_cells(h), x // 2:x // 2 + _level_cells(w)] = k
+            if w % 2:
+                outside[y:y + h - 1, x + w - 2] = True
+            if h % 2:
+                outside[y + h - 2, x:x + w - 1] = True
+        reg, prob = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), outside, cfg.band_pixels)
         del canvas
         cy, cx = ((prob >= cfg.thresholds[0]) & (owner >= 0)).nonzero(as_tuple=True)
         level_ids = owner[cy, cx]
@@ -313,7 +358,8 @@ class Cascade(nn.Module):
         """R-Net refinement: keep confident boxes, NMS per photo, regress and square them."""
         if len(boxes) == 0:
             return boxes, image_ids
-        offsets, scores = _chunked(self.rnet, _crops(tables, boxes, image_ids, 24), cfg.chunk)
+        image_ids, boxes = _by_image(image_ids, boxes)
+        offsets, scores = _chunked(self.rnet, _crops(tables, boxes, image_ids, 24, cfg.edge), cfg.chunk)
         ok = scores > cfg.thresholds[1]
         boxes, scores, offsets, image_ids = boxes[ok], scores[ok], offsets[ok], image_ids[ok]
         keep = batched_nms(boxes, scores, image_ids, 0.7)
@@ -324,7 +370,8 @@ class Cascade(nn.Module):
         """O-Net output: final boxes, scores and five landmarks, after a Min-overlap NMS per photo."""
         if len(boxes) == 0:
             return boxes, boxes.new_zeros(0), boxes.new_zeros(0, 5, 2), image_ids
-        offsets, points, scores = _chunked(self.onet, _crops(tables, boxes, image_ids, 48), cfg.chunk)
+        image_ids, boxes = _by_image(image_ids, boxes)
+        offsets, points, scores = _chunked(self.onet, _crops(tables, boxes, image_ids, 48, cfg.edge), cfg.chunk)
         ok = scores > cfg.thresholds[2]
         boxes, scores, offsets, points, image_ids = boxes[ok], scores[ok], offsets[ok], points[ok], image_ids[ok]
         size = boxes[:, 2:] - boxes[:, :2] + 1

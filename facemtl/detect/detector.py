@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -41,9 +42,9 @@ class FaceDetector:
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
                  min_face: float = 20.0, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
-                 factor: float = 0.709) -> None:
+                 factor: float = 0.709, edge: str = "clip") -> None:
         self.device = resolve_device(device)
-        config = CascadeConfig(min_face=min_face, thresholds=thresholds, factor=factor)
+        config = CascadeConfig(min_face=min_face, thresholds=thresholds, factor=factor, edge=edge)
         _check_config(config)
         nets = load_detector_nets(weights)
         self.cascade = Cascade(nets["pnet"], nets["rnet"], nets["onet"], config).to(self.device).eval()
@@ -58,12 +59,31 @@ class FaceDetector:
         return [_to_detections(out) for out in self.detect_arrays(arrays, min_face)]
 
     def detect_arrays(self, arrays: Sequence[np.ndarray], min_face: float | None = None) -> list[CascadeOutput]:
-        """Detect in RGB uint8 (H,W,3) arrays; raw tensors (on the detector's device) per photo."""
+        """Detect in RGB uint8 (H,W,3) arrays; raw tensors (on the detector's device) per photo.
+
+        On the CPU a list is split across one single-threaded worker per torch thread, each batching
+        its share: these small convolutions scale poorly across threads inside one op, far better
+        across photos. torch's thread count is restored afterwards.
+        """
         config = self.config if min_face is None else replace(self.config, min_face=float(min_face))
         _check_config(config)
-        if not arrays:
-            return []
-        return self.cascade(list(arrays), config)
+        arrays = list(arrays)
+        workers = min(torch.get_num_threads(), len(arrays)) if self.device.type == "cpu" else 1
+        if workers <= 1:
+            return self.cascade(arrays, config) if arrays else []
+        shards = [list(range(k, len(arrays), workers)) for k in range(workers)]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(lambda ix: self.cascade([arrays[i] for i in ix], config), shards))
+        finally:
+            torch.set_num_threads(threads)
+        out: list[CascadeOutput | None] = [None] * len(arrays)
+        for ix, res in zip(shards, results):
+            for i, r in zip(ix, res):
+                out[i] = r
+        return out  # type: ignore[return-value]
 
 
 def _check_config(config: CascadeConfig) -> None:
@@ -72,6 +92,8 @@ def _check_config(config: CascadeConfig) -> None:
         raise InvalidInputError(f"min_face must be a finite number >= 1 pixel, got {config.min_face}")
     if not 0 < config.factor < 1:
         raise InvalidInputError(f"factor must be in (0, 1), got {config.factor}")
+    if config.edge not in ("clip", "pad"):
+        raise InvalidInputError(f"edge must be 'clip' or 'pad', got {config.edge!r}")
     if len(config.thresholds) != 3 or not all(0 <= t <= 1 for t in config.thresholds):
         raise InvalidInputError(f"thresholds must be three numbers in [0, 1], got {config.thresholds}")
 

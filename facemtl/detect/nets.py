@@ -23,8 +23,12 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, outside: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``outside`` (H-2, W-2) marks conv1 outputs that lie outside the image (packed canvases): they
+        are dropped from the max-pool, as MTCNN's ceil-mode pooling drops them at an image's edge."""
         x = self.prelu1(self.conv1(x))
+        if outside is not None:
+            x = x.masked_fill(outside, -1e30)
         x = self.pool1(x)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))

@@ -1,0 +1,77 @@
+"""Task heads on a feature vector: identity, embedding, landmarks, attributes and pose."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Neck(nn.Module):
+    """Feature map(s) -> feature vector: flatten, fully connected, batch norm, PReLU (DeepID2's FC layer)."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features)
+        self.act = nn.PReLU(out_features)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat([m.flatten(1) for m in maps], dim=1)
+        return self.act(self.bn(self.fc(self.drop(x))))
+
+
+class IdentityHead(nn.Module):
+    """Softmax classifier over training identities; with ``margin > 0`` a cosine classifier (ArcFace).
+
+    Returns logits for plain softmax, or the cosines to the class centres for the margin variant (the
+    margin needs the labels, so the loss applies it).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, margin: float = 0.0) -> None:
+        super().__init__()
+        self.margin = margin
+        self.fc = nn.Linear(in_features, num_classes, bias=margin <= 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.margin > 0:
+            return F.linear(F.normalize(x, dim=1), F.normalize(self.fc.weight, dim=1))
+        return self.fc(x)
+
+
+class EmbeddingHead(nn.Module):
+    """L2-normalised identity embedding used for verification (cosine similarity)."""
+
+    def __init__(self, in_features: int, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, dim, bias=False)
+        self.bn = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.bn(self.fc(x)), dim=1)
+
+
+class LandmarkHead(nn.Module):
+    """Five (x, y) points in crop coordinates normalised to [0, 1], as offsets from the template."""
+
+    def __init__(self, in_features: int, template01: np.ndarray) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, 10)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+        self.register_buffer("template", torch.as_tensor(template01, dtype=torch.float32).reshape(1, 5, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.template + self.fc(x).view(-1, 5, 2)
+
+
+class LinearHead(nn.Module):
+    """Logits for a fixed set of outputs (the 40 attributes, or the 5 head-pose classes)."""
+
+    def __init__(self, in_features: int, outputs: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)

@@ -1,0 +1,151 @@
+"""Training configuration: dataclasses, loadable from TOML (sections [model] [data] [train] [augment])."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.pairs import BatchPlan
+from ..data.transforms import AugmentConfig
+from ..errors import ConfigError
+from ..model.multitask import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Which datasets to mix, and the validation hold-outs."""
+
+    root: str = ""
+    """Data folder; empty means ``$FACEMTL_DATA`` or ``../shared/data`` beside the checkout."""
+    celeba: bool = True
+    wild: bool = True
+    mtfl: bool = True
+    cache_dir: str = ""
+    """Derived data (detector landmarks, crop tables); empty means ``$FACEMTL_CACHE`` or ~/.cache/facemtl."""
+    padding: int = 16
+    mtfl_val_fraction: float = 0.05
+    identity_val_per_id: int = 2
+    mtfl_verification: str = "views"
+    """How MTFL faces (no identity) join the verification loss: "views" (two augmented views of a face
+    are a positive pair, other faces negatives), "negatives" (one view, negatives only) or "off"."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and loss settings."""
+
+    epochs: int = 30
+    identities_per_batch: int = 16
+    images_per_identity: int = 4
+    others_per_batch: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    weighting: str = "uncertainty"
+    weighting_options: dict[str, Any] = field(default_factory=dict)
+    gradient: str = "sum"
+    """How task gradients combine on the shared parameters: "sum" or "pcgrad"."""
+    task_early_stopping: list[str] = field(default_factory=list)
+    """Auxiliary tasks that TCDCN-style task-wise early stopping may switch off."""
+    verification_margin: float = 1.0
+    landmark_loss: str = "l2"
+    difference_loss_weight: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    steps_per_epoch: int = 0
+    """0 = a full pass over the identity data; otherwise a fixed number of steps (quick runs, ablations)."""
+    num_workers: int = 1
+    threads: int = 0
+    amp: str = "auto"
+    device: str = "auto"
+    nan_patience: int = 10
+    grad_cosine_batches: int = 2
+    """Batches per epoch on which the task-gradient cosines are measured (0 = off)."""
+    cross_stitch_lr: float = 0.0
+    """Learning rate of cross-stitch units (0 = the main lr); Misra et al. train them faster."""
+
+    @property
+    def plan(self) -> BatchPlan:
+        return BatchPlan(self.identities_per_batch, self.images_per_identity, self.others_per_batch,
+                         2 if self.others_per_batch else 1)
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    out_dir: str = "runs/facemtl"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown option(s) {', '.join(sorted(unknown))}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[{section}]: {exc}") from None
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A RunConfig from nested dicts (TOML tables), refusing unknown keys."""
+    values = dict(values)
+    sections = {"model": ModelConfig, "data": DataConfig, "train": OptimConfig, "augment": AugmentConfig}
+    built = {name: _build(cls, values.pop(name, {}), name) for name, cls in sections.items()}
+    unknown = set(values) - {"out_dir"}
+    if unknown:
+        raise ConfigError(f"unknown top-level option(s) {', '.join(sorted(unknown))}")
+    cfg = RunConfig(out_dir=str(values.get("out_dir", RunConfig.out_dir)), **built)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a TOML config file, then apply ``{"section.key": value}`` overrides."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        *parents, key = dotted.split(".")
+        node = values
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[key] = value
+    return config_from_dict(values)
+
+
+def _validate(cfg: RunConfig) -> None:
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, "train.epochs must be >= 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.optimizer in ("sgd", "adamw"), "train.optimizer must be 'sgd' or 'adamw'"),
+        (t.gradient in ("sum", "pcgrad"), "train.gradient must be 'sum' or 'pcgrad'"),
+        (t.amp in ("auto", "on", "off"), "train.amp must be 'auto', 'on' or 'off'"),
+        (t.landmark_loss in ("l2", "wing"), "train.landmark_loss must be 'l2' or 'wing'"),
+        (cfg.data.mtfl_verification in ("views", "negatives", "off"),
+         "data.mtfl_verification must be 'views', 'negatives' or 'off'"),
+        (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (cfg.data.celeba or cfg.data.wild or cfg.data.mtfl, "data: select at least one dataset"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
