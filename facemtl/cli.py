@@ -34,7 +34,26 @@ def _run_detect(args: argparse.Namespace) -> int:
     return run_detect(args)
 
 
-_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_detect_parser]
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train (or resume) the multi-task network from a TOML config")
+    p.add_argument("--config", required=True, type=Path, help="TOML file with [model] [data] [train] [augment]")
+    p.add_argument("--out", type=Path, default=None, help="run folder (overrides out_dir in the config)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .commands.train import run_train
+    return run_train(args)
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from .commands.evaluate import add_parser
+    add_parser(sub)
+
+
+_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_detect_parser, _train_parser, _evaluate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

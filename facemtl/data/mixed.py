@@ -81,6 +81,9 @@ class TableSpec:
     mtfl_split: str | None = "training"
     input_size: int = 64
     padding: int = 16
+    limit: int = 0
+    """Keep about this many images per source (whole identities, in sorted order; 0 = all): small tables
+    for tests and quick runs."""
 
     def key(self) -> str:
         text = json.dumps({**self.__dict__, "v": TABLE_VERSION}, sort_keys=True)
@@ -116,6 +119,21 @@ def _crop_rows(items: list[tuple[Path, np.ndarray | None]], spec: TableSpec, des
     return crops, points, ok
 
 
+def _limit_by_group(items: list[Any], group: Any, limit: int) -> list[Any]:
+    """The items of the first groups (sorted by ``group(item)``) until at least ``limit`` items; all if 0."""
+    if limit <= 0:
+        return items
+    keys = sorted({group(i) for i in items})
+    kept: set[Any] = set()
+    count = 0
+    for k in keys:
+        if count >= limit:
+            break
+        kept.add(k)
+        count += sum(1 for i in items if group(i) == k)
+    return [i for i in items if group(i) in kept]
+
+
 def build_table(spec: TableSpec, cache_dir: Path, detector: Any = None, progress: bool = True) -> FaceTable:
     """Build (or load from cache) the mixed table described by ``spec``."""
     cache_dir = Path(cache_dir)
@@ -127,7 +145,7 @@ def build_table(spec: TableSpec, cache_dir: Path, detector: Any = None, progress
     names: list[str] = []
     n_attr = len(CELEBA_ATTRIBUTES)
     if spec.celeba_split:
-        faces = read_celeba(root / "celeba", spec.celeba_split)
+        faces = _limit_by_group(read_celeba(root / "celeba", spec.celeba_split), lambda f: f.identity, spec.limit)
         found = cached_landmarks([f.path for f in faces], cache_dir / "landmarks-celeba.json", detector,
                                  progress=progress)
         sizes = {f.path: (218, 178) for f in faces}
@@ -142,7 +160,8 @@ def build_table(spec: TableSpec, cache_dir: Path, detector: Any = None, progress
                                np.stack([f.attributes for f in faces]), np.ones((n, n_attr), bool),
                                np.full(n, -1), np.full(n, 0, np.int8), np.array([str(f.path) for f in faces])))
     if spec.wild_split:
-        photos = read_person_folders(root / "celeba_wild" / spec.wild_split)
+        photos = _limit_by_group(read_person_folders(root / "celeba_wild" / spec.wild_split), lambda p: p.person,
+                                 spec.limit)
         found = cached_landmarks([p.path for p in photos], cache_dir / f"landmarks-wild-{spec.wild_split}.json",
                                  detector, progress=progress)
         items = [(p.path, None if found[p.path] is None else found[p.path].landmarks) for p in photos]
@@ -156,6 +175,7 @@ def build_table(spec: TableSpec, cache_dir: Path, detector: Any = None, progress
                                np.full(n, 1, np.int8), np.array([str(p.path) for p in kept])))
     if spec.mtfl_split:
         faces = read_mtfl(root / "MTFL", spec.mtfl_split)
+        faces = faces[:spec.limit] if spec.limit > 0 else faces
         crops, points, _ = _crop_rows([(f.path, f.landmarks) for f in faces], spec, "align mtfl",
                                       landmark_labels=True)
         n = len(faces)
@@ -214,7 +234,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
                 image, points, pose = hflip(image, points, pose)
         targets = {
             "identity": int(t.identity[index]),
-            "landmarks": (points / self.size).astype(np.float32),
+            "landmarks": points.astype(np.float32),
             "landmarks_mask": bool(has_points),
             "attributes": t.attributes[index].astype(np.float32),
             "attr_mask": t.attr_mask[index],

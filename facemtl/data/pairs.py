@@ -32,15 +32,21 @@ class BatchPlan:
 class MultiTaskBatchSampler:
     """Epoch-wise list of index batches for one rank: identity chunks plus a stream of other samples."""
 
-    def __init__(self, identity: np.ndarray, plan: BatchPlan, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, identity: np.ndarray, plan: BatchPlan, seed: int = 0, rank: int = 0, world: int = 1,
+                 indices: np.ndarray | None = None) -> None:
+        """``identity`` per sample (-1 = none); only ``indices`` (default: all samples) are ever drawn."""
         if plan.images_per_identity < 2 and plan.identities_per_batch > 0:
             raise ConfigError("images_per_identity must be >= 2 so batches hold same-identity pairs")
         if not 0 <= rank < world:
             raise ConfigError(f"rank {rank} outside world size {world}")
         self.plan, self.seed, self.rank, self.world = plan, seed, rank, world
         identity = np.asarray(identity)
-        self.by_identity = [np.flatnonzero(identity == i) for i in np.unique(identity[identity >= 0])]
-        self.others = np.flatnonzero(identity < 0)
+        pool = np.arange(len(identity)) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
+        ids = identity[pool]
+        order = np.argsort(ids, kind="stable")
+        groups = np.split(pool[order], np.flatnonzero(np.diff(ids[order])) + 1)
+        self.by_identity = [g for g in groups if len(g) and identity[g[0]] >= 0]
+        self.others = pool[ids < 0]
         if plan.identities_per_batch and len(self.by_identity) < plan.identities_per_batch:
             raise ConfigError(f"{len(self.by_identity)} identities cannot fill {plan.identities_per_batch} per batch")
         if plan.others_per_batch and len(self.others) == 0:

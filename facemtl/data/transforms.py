@@ -30,7 +30,7 @@ class AugmentConfig:
     flip: float = 0.5
     color: float = 0.8
     gray: float = 0.1
-    degrade: float = 0.35
+    degrade: float = 0.3
     """Probability of a blur or a down-and-up resample (wild photos hold small, soft faces)."""
 
 
@@ -43,7 +43,7 @@ def build_augment(size: int, cfg: AugmentConfig) -> A.Compose:
             A.CenterCrop(size, size),
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=cfg.color),
             A.ToGray(p=cfg.gray),
-            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.3, 0.7))], p=cfg.degrade),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.45, 0.85))], p=cfg.degrade),
         ],
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
     )

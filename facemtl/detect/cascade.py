@@ -119,17 +119,17 @@ def _pack(levels: list[_Level]) -> tuple[int, int]:
 
 
 def integral_image(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Summed-area table (H+1, W+1, 3) of an RGB uint8 photo in exact integers (int32, int64 if needed).
+    """Summed-area table (H+1, W+1, 3) of an RGB uint8 photo, exact: int32, or float64 (exact for integer
+    sums below 2**53) when a photo's total could overflow int32.
 
     On the CPU OpenCV builds it about 20x faster than ``torch.cumsum``; elsewhere torch builds it on device.
     """
     h, w = image.shape[:2]
     wide = h * w * 255 >= 2**31
     if device.type == "cpu":
-        table = cv2.integral(np.ascontiguousarray(image), sdepth=cv2.CV_64F if wide else cv2.CV_32S)
-        return torch.from_numpy(table).long() if wide else torch.from_numpy(table)
+        return torch.from_numpy(cv2.integral(np.ascontiguousarray(image), sdepth=cv2.CV_64F if wide else cv2.CV_32S))
     pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    table = torch.zeros((h + 1, w + 1, 3), dtype=torch.int64 if wide else torch.int32, device=device)
+    table = torch.zeros((h + 1, w + 1, 3), dtype=torch.float64 if wide else torch.int32, device=device)
     table[1:, 1:] = pixels.to(table.dtype).cumsum(0).cumsum(1)
     return table
 
@@ -142,15 +142,22 @@ def _window_bounds(start: torch.Tensor, length: torch.Tensor, size: int) -> tupl
     return start[:, None] + lo, start[:, None] + hi
 
 
-def area_resize(table: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The whole photo area-resampled to (height, width, 3) float, as ``F.interpolate(mode="area")``."""
+def area_resize(table: torch.Tensor, height: int, width: int, out: torch.Tensor) -> None:
+    """Write the whole photo area-resampled to (height, width, 3) into ``out``, as ``F.interpolate(mode="area")``.
+
+    Rows go in chunks so the row gathers of a large photo's table never need more than ~32 MB at once.
+    """
     zero = torch.zeros(1, dtype=torch.long, device=table.device)
     rs, re = (b[0] for b in _window_bounds(zero, zero + table.shape[0] - 1, height))
     cs, ce = (b[0] for b in _window_bounds(zero, zero + table.shape[1] - 1, width))
-    band = table.index_select(0, re) - table.index_select(0, rs)
-    total = band.index_select(1, ce) - band.index_select(1, cs)
-    area = ((re - rs)[:, None] * (ce - cs)[None, :]).unsqueeze(2)
-    return total.float() / area.float()
+    col_area = (ce - cs).float()
+    step = max(1, (32 << 20) // (table.shape[1] * table.shape[2] * table.element_size() * 2))
+    for r0 in range(0, height, step):
+        r1 = min(height, r0 + step)
+        band = table.index_select(0, re[r0:r1]) - table.index_select(0, rs[r0:r1])
+        total = band.index_select(1, ce) - band.index_select(1, cs)
+        area = ((re[r0:r1] - rs[r0:r1]).float()[:, None] * col_area[None, :]).unsqueeze(2)
+        out[r0:r1] = total.float() / area
 
 
 def area_crops(table: torch.Tensor, regions: torch.Tensor, size: int) -> torch.Tensor:
@@ -327,11 +334,11 @@ class Cascade(nn.Module):
         height, width = _pack(levels)
         canvas = torch.zeros(1, height, width, 3, device=device)
         owner = torch.full(((height - PNET_CELL) // 2 + 1, (width - PNET_CELL) // 2 + 1), -1,
-                           dtype=torch.long, device=device)
+                           dtype=torch.int32, device=device)
         outside = torch.zeros(height - 2, width - 2, dtype=torch.bool, device=device)
         for k, lv in enumerate(levels):
             y, x, h, w = lv.y, lv.x, lv.height, lv.width
-            canvas[0, y:y + h, x:x + w] = area_resize(tables[lv.image], h, w)
+            area_resize(tables[lv.image], h, w, canvas[0, y:y + h, x:x + w])
             owner[y // 2:y // 2 + _level_cells(h), x // 2:x // 2 + _level_cells(w)] = k
             if w % 2:
                 outside[y:y + h - 1, x + w - 2] = True
@@ -340,7 +347,7 @@ class Cascade(nn.Module):
         reg, prob = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), outside, cfg.band_pixels)
         del canvas
         cy, cx = ((prob >= cfg.thresholds[0]) & (owner >= 0)).nonzero(as_tuple=True)
-        level_ids = owner[cy, cx]
+        level_ids = owner[cy, cx].long()
         origin = torch.tensor([[lv.x // 2, lv.y // 2] for lv in levels], device=device)
         scale = torch.tensor([lv.scale for lv in levels], device=device)[level_ids, None]
         cell = (torch.stack([cx, cy], dim=1) - origin[level_ids]).float()

@@ -28,7 +28,7 @@ class PNet(nn.Module):
         are dropped from the max-pool, as MTCNN's ceil-mode pooling drops them at an image's edge."""
         x = self.prelu1(self.conv1(x))
         if outside is not None:
-            x = x.masked_fill(outside, -1e30)
+            x.masked_fill_(outside, -1e30)
         x = self.pool1(x)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))

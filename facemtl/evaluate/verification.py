@@ -370,3 +370,25 @@ def verification_accuracy(scores: ArrayLike, same: ArrayLike, fold: ArrayLike) -
         n_pairs=int(len(s)),
         n_same=int(y.sum()),
     )
+
+
+def verification_accuracy_with_failures(scores: ArrayLike, same: ArrayLike, fold: ArrayLike
+                                        ) -> tuple[VerificationResult, float, int]:
+    """The k-fold protocol when some pairs have no score (NaN: a photo where no face was found).
+
+    Thresholds are chosen on the scored pairs of the other folds; in the test fold an unscored pair counts
+    as a wrong answer. Returns (the result over scored pairs only, the accuracy over all pairs with failures
+    counted wrong, the number of unscored pairs).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(same, dtype=bool)
+    f = np.asarray(fold)
+    valid = np.isfinite(s)
+    scored = verification_accuracy(s[valid], y[valid], f[valid])
+    folds = np.unique(f[valid])
+    correct = np.zeros(len(s), dtype=bool)
+    for fk, threshold in zip(folds, scored.fold_thresholds):
+        test = (f == fk) & valid
+        correct[test] = (s[test] >= threshold) == y[test]
+    per_fold = [correct[f == fk].mean() for fk in np.unique(f)]
+    return scored, float(np.mean(per_fold)), int((~valid).sum())

@@ -53,14 +53,17 @@ class EmbeddingHead(nn.Module):
 
 
 class LandmarkHead(nn.Module):
-    """Five (x, y) points in crop coordinates normalised to [0, 1], as offsets from the template."""
+    """Five (x, y) points in crop pixels, predicted as offsets (in pixels) from the template points.
 
-    def __init__(self, in_features: int, template01: np.ndarray) -> None:
+    Pixels rather than [0, 1] units keep the head's gradients on the same scale as the other heads'.
+    """
+
+    def __init__(self, in_features: int, template_px: np.ndarray) -> None:
         super().__init__()
         self.fc = nn.Linear(in_features, 10)
         nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        self.register_buffer("template", torch.as_tensor(template01, dtype=torch.float32).reshape(1, 5, 2))
+        self.register_buffer("template", torch.as_tensor(template_px, dtype=torch.float32).reshape(1, 5, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.template + self.fc(x).view(-1, 5, 2)

@@ -61,8 +61,6 @@ class ModelConfig:
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
             raise ConfigError(f"unknown task(s) {sorted(unknown)}; tasks are {', '.join(TASKS)}")
-        if "identity" in self.tasks and self.num_identities < 2:
-            raise ConfigError("the identity task needs num_identities >= 2")
         if self.input_size < 32:
             raise ConfigError(f"input_size must be >= 32, got {self.input_size}")
 
@@ -85,6 +83,8 @@ class MultiTaskNet(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if "identity" in config.tasks and config.num_identities < 2:
+            raise ConfigError("the identity task needs num_identities >= 2 (the trainer sets it from the data)")
         self.config = config
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1) * 255.0)
@@ -99,7 +99,7 @@ class MultiTaskNet(nn.Module):
         if "verification" in config.tasks:
             heads["embedding"] = EmbeddingHead(dim, config.embedding_dim)
         if "landmarks" in config.tasks:
-            heads["landmarks"] = LandmarkHead(dim, config.template / config.input_size)
+            heads["landmarks"] = LandmarkHead(dim, config.template)
         if "attributes" in config.tasks:
             heads["attributes"] = LinearHead(dim, len(config.attribute_names))
         if "pose" in config.tasks:

@@ -26,6 +26,8 @@ class DataConfig:
     cache_dir: str = ""
     """Derived data (detector landmarks, crop tables); empty means ``$FACEMTL_CACHE`` or ~/.cache/facemtl."""
     padding: int = 16
+    limit: int = 0
+    """Use about this many images per dataset (whole identities; 0 = all): quick runs and tests."""
     mtfl_val_fraction: float = 0.05
     identity_val_per_id: int = 2
     mtfl_verification: str = "views"
@@ -124,6 +126,9 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for dotted, value in (overrides or {}).items():
+        if dotted == "out_dir":
+            values["out_dir"] = value
+            continue
         *parents, key = dotted.split(".")
         node = values
         for p in parents:

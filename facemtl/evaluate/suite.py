@@ -1,0 +1,210 @@
+"""The standard evaluation of a multi-task model on the real data, end to end (detect -> align -> CNN).
+
+- CelebA test (unseen identities): verification, 10-fold, on all same-identity pairs plus as many
+  different-identity pairs (seed 1), TAR at FAR 1e-2 / 1e-3, and mean accuracy over the 40 attributes;
+- celeba_wild test: the same verification protocol on whole photos; a photo where no face is found makes
+  every pair it is in a wrong answer;
+- MTFL test (2,995 AFLW faces): landmark error normalised by the inter-ocular distance, failure rate
+  (> 10%), CED, and gender / smile / glasses accuracy.
+
+Faces are found by the detector (cached per dataset, since the detector does not change between models);
+each photo's annotated face is the largest one (for MTFL: the detection holding the annotated face). Where
+the detector finds nothing in a CelebA or MTFL photo, the face is taken where the detector puts it on
+average in that set (mean relative landmarks; no label is used), and counted in ``detector_misses``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..align import align
+from ..analyzer import CropOutputs, FaceAnalyzer
+from ..data.celeba import read_celeba
+from ..data.folders import read_person_folders
+from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir, largest
+from ..data.mtfl import read_mtfl
+from ..io import load_image
+from . import plots
+from .attributes import attribute_accuracy, classification_accuracy
+from .landmarks import landmark_errors, landmark_metrics, landmark_point_errors
+from .verification import (cosine_scores, make_identity_pairs, roc, verification_accuracy,
+                           verification_accuracy_with_failures)
+
+PARTS = ("celeba", "wild", "mtfl")
+
+
+def _faces_to_crops(analyzer: FaceAnalyzer, paths: Sequence[Path], chosen: Sequence[CachedFace | None],
+                    fallback_rel: np.ndarray | None) -> tuple[CropOutputs, np.ndarray, np.ndarray]:
+    """Align each photo's chosen face (or the fallback) and run the network on all crops at once.
+
+    Returns the outputs, the photo->crop matrices and a mask of photos that had no usable face.
+    """
+    size = analyzer.input_size
+    crops, matrices, missing = [], [], []
+    for path, face in zip(paths, chosen):
+        image = load_image(path)
+        if face is None and fallback_rel is None:
+            crops.append(np.zeros((size, size, 3), np.uint8))
+            matrices.append(np.eye(3)[:2])
+            missing.append(True)
+            continue
+        lm = face.landmarks if face is not None else fallback_rel * np.array(image.shape[1::-1], np.float32)
+        aligned = align(image, lm, size=size)
+        crops.append(aligned.crops[0])
+        matrices.append(aligned.matrices[0])
+        missing.append(face is None)
+    return analyzer.run_crops(np.stack(crops)), np.stack(matrices), np.array(missing)
+
+
+def _mean_relative(paths: Sequence[Path], chosen: Sequence[CachedFace | None]) -> np.ndarray:
+    """Mean landmarks relative to the image size over the photos where a face was found."""
+    rel = []
+    for p, f in zip(paths, chosen):
+        if f is not None:
+            from PIL import Image
+            with Image.open(p) as im:
+                rel.append(f.landmarks / np.array(im.size, np.float32))
+    return np.mean(rel, axis=0)
+
+
+def _to_photo(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map (N,5,2) crop pixels back into photo pixels through the inverse of each (2,3) matrix."""
+    lin = np.linalg.inv(matrices[:, :, :2])
+    return np.einsum("nij,nkj->nki", lin, points - matrices[:, None, :, 2])
+
+
+def _pick_annotated(faces: list[CachedFace] | None, gt: np.ndarray) -> CachedFace | None:
+    """The detection holding the annotated face: its box contains the annotated points' centre; closest."""
+    if not faces:
+        return None
+    centre = gt.mean(axis=0)
+    inside = [f for f in faces if f.box[0] <= centre[0] <= f.box[2] and f.box[1] <= centre[1] <= f.box[3]]
+    if not inside:
+        return None
+    return min(inside, key=lambda f: float(np.linalg.norm(f.landmarks.mean(axis=0) - centre)))
+
+
+def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, Any]:
+    faces = read_celeba(root / "celeba", "test")
+    paths = [f.path for f in faces]
+    found = cached_detections(paths, cache / "eval-celeba-test.json", analyzer.detector)
+    chosen = [None if found[p] is None else largest(found[p]) for p in paths]
+    out, _, missing = _faces_to_crops(analyzer, paths, chosen, _mean_relative(paths, chosen))
+    ids = np.array([f.identity for f in faces])
+    a, b, same, fold = make_identity_pairs(ids, seed=1)
+    scores = cosine_scores(out.embedding[a], out.embedding[b])
+    ver = verification_accuracy(scores, same, fold)
+    names = list(analyzer.model.config.attribute_names)
+    attrs = attribute_accuracy(out.attributes, np.stack([f.attributes for f in faces]), names)
+    far, tar, _ = roc(scores, same)
+    return {"images": len(paths), "identities": int(len(np.unique(ids))), "detector_misses": int(missing.sum()),
+            "verification": ver.to_dict(), "attributes": attrs.to_dict(),
+            "_roc": (far, tar), "_attr_acc": np.asarray(attrs.accuracy)}
+
+
+def evaluate_wild(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, Any]:
+    photos = read_person_folders(root / "celeba_wild" / "test")
+    paths = [p.path for p in photos]
+    found = cached_detections(paths, cache / "eval-wild-test.json", analyzer.detector)
+    chosen = [None if found[p] is None else largest(found[p]) for p in paths]
+    out, _, missing = _faces_to_crops(analyzer, paths, chosen, None)
+    people = np.array([p.person for p in photos])
+    a, b, same, fold = make_identity_pairs(people, seed=1)
+    scores = cosine_scores(out.embedding[a], out.embedding[b])
+    scores[missing[a] | missing[b]] = np.nan
+    scored, accuracy, unscored = verification_accuracy_with_failures(scores, same, fold)
+    far, tar, _ = roc(scores[np.isfinite(scores)], same[np.isfinite(scores)])
+    return {"photos": len(paths), "identities": int(len(np.unique(people))),
+            "photos_without_face": int(missing.sum()), "pairs_without_face": unscored,
+            "verification_accuracy": accuracy, "verification_scored_pairs": scored.to_dict(),
+            "_roc": (far, tar)}
+
+
+def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, Any]:
+    faces = read_mtfl(root / "MTFL", "testing")
+    paths = [f.path for f in faces]
+    found = cached_detections(paths, cache / "eval-mtfl-test.json", analyzer.detector)
+    chosen = [_pick_annotated(found[f.path], f.landmarks) for f in faces]
+    out, matrices, missing = _faces_to_crops(analyzer, paths, chosen, _mean_relative(paths, chosen))
+    gt = np.stack([f.landmarks for f in faces])
+    result: dict[str, Any] = {"faces": len(faces), "detector_misses": int(missing.sum())}
+    if out.landmarks is not None:
+        pred = _to_photo(matrices, out.landmarks)
+        errors = landmark_errors(pred, gt)
+        lm = landmark_metrics(landmark_point_errors(pred, gt))
+        result["landmarks"] = lm.to_dict()
+        result["landmarks"]["mean_nme_percent"] = 100.0 * float(errors.mean())
+        result["_ced"] = (lm.ced_x, lm.ced_y)
+    names = list(analyzer.model.config.attribute_names)
+    if out.attributes is not None:
+        for label, attr in (("gender", "Male"), ("smile", "Smiling"), ("glasses", "Eyeglasses")):
+            truth = np.array([getattr(f, {"gender": "male", "smile": "smiling", "glasses": "eyeglasses"}[label])
+                              for f in faces])
+            result[f"{label}_accuracy"] = classification_accuracy(
+                (out.attributes[:, names.index(attr)] >= 0.5).astype(int), truth)
+    detector_only = np.stack([c.landmarks if c is not None else np.full((5, 2), np.nan) for c in chosen])
+    ok = ~missing
+    if ok.any():
+        result["detector_landmarks_nme_percent"] = 100.0 * float(landmark_errors(detector_only[ok], gt[ok]).mean())
+    return result
+
+
+def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = None,
+                   parts: Sequence[str] = PARTS, out_dir: Path | None = None) -> dict[str, Any]:
+    """Run the chosen parts; write ``evaluation.json`` and the plots to ``out_dir`` when given."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl}
+    results: dict[str, Any] = {"model": analyzer.model_id, "flip_averaging": analyzer.flip}
+    for part in parts:
+        results[part] = runners[part](analyzer, Path(root), cache)
+    if out_dir is not None:
+        _write(results, Path(out_dir), list(analyzer.model.config.attribute_names))
+    return _public(results)
+
+
+def _public(results: dict[str, Any]) -> dict[str, Any]:
+    """Drop the arrays kept only for plotting."""
+    if isinstance(results, dict):
+        return {k: _public(v) for k, v in results.items() if not k.startswith("_")}
+    return results
+
+
+def _write(results: dict[str, Any], out: Path, names: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(_public(results), indent=1))
+    curves = {label: results[k]["_roc"] for k, label in (("celeba", "CelebA test"), ("wild", "celeba_wild test"))
+              if k in results and "_roc" in results[k]}
+    if curves:
+        plots.plot_roc(curves, out / "roc.png", title="Verification ROC (unseen identities)")
+    if "mtfl" in results and "_ced" in results["mtfl"]:
+        plots.plot_ced({"facemtl": results["mtfl"]["_ced"]}, out / "ced.png",
+                       title="MTFL test (AFLW): cumulative error distribution")
+    if "celeba" in results:
+        plots.plot_attribute_bars(names, {"facemtl": results["celeba"]["_attr_acc"]}, out / "attributes.png",
+                                  title="CelebA test: accuracy per attribute")
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The figures the issues name, flat, in percent."""
+    h: dict[str, float] = {}
+    if "mtfl" in results:
+        m = results["mtfl"]
+        if "landmarks" in m:
+            h["mtfl_nme_%"] = m["landmarks"]["mean_nme_percent"]
+            h["mtfl_failure_%"] = m["landmarks"]["failure_rate_percent"]
+        for k in ("gender", "smile", "glasses"):
+            if f"{k}_accuracy" in m:
+                h[f"mtfl_{k}_%"] = 100.0 * m[f"{k}_accuracy"]
+    if "celeba" in results:
+        c = results["celeba"]
+        h["celeba_attr_mean_%"] = 100.0 * c["attributes"]["mean_accuracy"]
+        h["celeba_verif_%"] = 100.0 * c["verification"]["accuracy"]
+        h["celeba_tar@far1e-2_%"] = 100.0 * c["verification"]["tar_at_far_1e-2"]
+    if "wild" in results:
+        h["wild_verif_%"] = 100.0 * results["wild"]["verification_accuracy"]
+        h["wild_tar@far1e-2_%"] = 100.0 * results["wild"]["verification_scored_pairs"]["tar_at_far_1e-2"]
+    return h

@@ -1,0 +1,210 @@
+"""The detection stage: exactness of the batched cascade's pieces, and behaviour on real photos."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from facemtl import _resources
+from facemtl.detect.cascade import (_Level, _pack, area_crops, area_resize, fold_input_scaling, integral_image,
+                                    nms_min)
+from facemtl.detect.detector import FaceDetector, detect
+from facemtl.detect.weights import load_detector_nets
+from facemtl.errors import InvalidInputError
+from facemtl.io import load_image
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return load_image(_resources.sample_photo())
+
+
+def test_astronaut_one_face_with_ordered_landmarks(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    faces = detector.detect(astronaut)
+    assert len(faces) == 1 and len(faces[0]) == 1
+    face = faces[0][0]
+    x1, y1, x2, y2 = face.box
+    assert face.score > 0.99
+    assert 150 < x1 < 220 and 40 < y1 < 110 and 60 < x2 - x1 < 140  # the face sits left of centre, near the top
+    eye_l, eye_r, nose, mouth_l, mouth_r = face.landmarks5
+    assert eye_l[0] < eye_r[0] and mouth_l[0] < mouth_r[0]            # image-left point of each pair first
+    assert max(eye_l[1], eye_r[1]) < nose[1] < min(mouth_l[1], mouth_r[1])
+    assert all(x1 <= p[0] <= x2 and y1 <= p[1] <= y2 for p in face.landmarks5)
+
+
+def test_batch_mixing_sizes_gray_and_no_face_equals_single_calls(detector: FaceDetector,
+                                                                 astronaut: np.ndarray) -> None:
+    gray = np.asarray(astronaut.mean(axis=2), dtype=np.uint8)                  # 2-D grayscale array
+    small = astronaut[::2, ::2]                                                # another size
+    blank = np.full((300, 450, 3), 128, np.uint8)                              # no face at all
+    batch = [astronaut, gray, blank, small]
+    together = detector.detect(batch)
+    assert [len(r) for r in together] == [1, 1, 0, 1]
+    for image, faces in zip(batch, together):
+        alone = detector.detect(image)[0]
+        assert len(alone) == len(faces)
+        for a, b in zip(alone, faces):
+            np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+            np.testing.assert_allclose(a.landmarks5, b.landmarks5, atol=1e-3)
+
+
+def test_empty_inputs_and_bad_settings(detector: FaceDetector) -> None:
+    assert detector.detect([]) == []
+    assert detector.detect(np.zeros((8, 8, 3), np.uint8)) == [[]]                  # smaller than one window
+    with pytest.raises(InvalidInputError):
+        detector.detect(np.zeros((50, 50, 3), np.uint8), min_face=0)
+    with pytest.raises(InvalidInputError):
+        FaceDetector(factor=1.2)
+    with pytest.raises(InvalidInputError):
+        FaceDetector(edge="wrap")
+
+
+def test_module_level_detect_returns_one_list_per_photo(astronaut: np.ndarray) -> None:
+    out = detect([astronaut, np.full((64, 64, 3), 200, np.uint8)])
+    assert isinstance(out, list) and len(out) == 2 and len(out[0]) == 1 and out[1] == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), size=st.sampled_from([24, 48]))
+def test_area_crops_equal_torch_area_interpolation(seed: int, size: int) -> None:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (40, 57, 3), dtype=np.uint8)
+    table = integral_image(image, CPU)
+    x0, y0 = int(rng.integers(-10, 50)), int(rng.integers(-10, 35))
+    w, h = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+    regions = torch.tensor([[x0, y0, x0 + w, y0 + h]])
+    got = area_crops(table, regions, size)[0]
+    padded = np.zeros((40 + 140, 57 + 140, 3), np.float32)          # zeros outside the photo
+    padded[70:110, 70:127] = image
+    region = torch.from_numpy(padded[70 + y0:70 + y0 + h, 70 + x0:70 + x0 + w]).permute(2, 0, 1)[None]
+    want = F.interpolate(region, size=(size, size), mode="area")[0].permute(1, 2, 0)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_area_resize_equals_torch_area_interpolation() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (123, 211, 3), dtype=np.uint8)
+    got = torch.empty(61, 150, 3)
+    area_resize(integral_image(image, CPU), 61, 150, got)
+    want = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(61, 150), mode="area")
+    torch.testing.assert_close(got, want[0].permute(1, 2, 0), atol=1e-4, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(12, 300), st.integers(12, 300)), min_size=1, max_size=25))
+def test_packing_places_levels_apart_inside_the_canvas_at_even_offsets(sizes: list[tuple[int, int]]) -> None:
+    levels = [_Level(0, 1.0, h, w) for h, w in sizes]
+    height, width = _pack(levels)
+    occupied = np.zeros((height, width), bool)
+    for lv in levels:
+        assert lv.x % 2 == 0 and lv.y % 2 == 0
+        block = occupied[lv.y:lv.y + lv.height + lv.height % 2, lv.x:lv.x + lv.width + lv.width % 2]
+        assert block.shape == (lv.height + lv.height % 2, lv.width + lv.width % 2), "level leaves the canvas"
+        assert not block.any(), "levels overlap"
+        block[:] = True
+
+
+def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone() -> None:
+    """Packing (with MTCNN's ceil-mode cells on odd sides) changes no P-Net output cell."""
+    from facemtl.detect.cascade import Cascade, CascadeConfig, PNET_CELL, _level_cells, _run_pnet_banded
+    pnet = fold_input_scaling(load_detector_nets()["pnet"]).eval()
+    rng = np.random.default_rng(0)
+    levels = [_Level(i, 1.0, h, w) for i, (h, w) in enumerate([(37, 52), (40, 33), (25, 25), (60, 91)])]
+    images = [rng.integers(0, 256, (lv.height, lv.width, 3)).astype(np.float32) for lv in levels]
+    height, width = _pack(levels)
+    canvas = torch.zeros(1, height, width, 3)
+    outside = torch.zeros(height - 2, width - 2, dtype=torch.bool)
+    for lv, img in zip(levels, images):
+        canvas[0, lv.y:lv.y + lv.height, lv.x:lv.x + lv.width] = torch.from_numpy(img)
+        if lv.width % 2:
+            outside[lv.y:lv.y + lv.height - 1, lv.x + lv.width - 2] = True
+        if lv.height % 2:
+            outside[lv.y + lv.height - 2, lv.x:lv.x + lv.width - 1] = True
+    with torch.no_grad():
+        reg, prob = _run_pnet_banded(pnet, canvas.permute(0, 3, 1, 2), outside, band_pixels=3000)
+        for lv, img in zip(levels, images):
+            alone_reg, alone_prob = pnet(torch.from_numpy(img).permute(2, 0, 1)[None])
+            rows, cols = _level_cells(lv.height), _level_cells(lv.width)
+            assert alone_prob.shape[1:] == (rows, cols)
+            got = prob[lv.y // 2:lv.y // 2 + rows, lv.x // 2:lv.x // 2 + cols]
+            torch.testing.assert_close(got, alone_prob[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(reg[:, lv.y // 2:lv.y // 2 + rows, lv.x // 2:lv.x // 2 + cols],
+                                       alone_reg[0], atol=1e-4, rtol=0)
+    assert PNET_CELL == 12 and Cascade and CascadeConfig
+
+
+def _greedy_min_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, t: float) -> list[int]:
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    for i in order:
+        ok = True
+        for j in keep:
+            if groups[i] != groups[j]:
+                continue
+            xx1, yy1 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
+            xx2, yy2 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
+            inter = max(0.0, xx2 - xx1 + 1) * max(0.0, yy2 - yy1 + 1)
+            area = lambda b: (b[2] - b[0] + 1) * (b[3] - b[1] + 1)  # noqa: E731
+            if inter / min(area(boxes[i]), area(boxes[j])) > t:
+                ok = False
+                break
+        if ok:
+            keep.append(int(i))
+    return keep
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 40))
+def test_min_nms_equals_the_greedy_loop(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 100, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (n, 2))], axis=1).astype(np.float32)
+    scores = rng.permutation(n).astype(np.float32)
+    groups = rng.integers(0, 3, n)
+    got = nms_min(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), 0.7).tolist()
+    assert got == _greedy_min_nms(boxes, scores, groups, 0.7)
+
+
+def test_edge_modes_differ_only_for_faces_at_the_border(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    cut = np.ascontiguousarray(astronaut[:, 185:])                       # slice the face at the left border
+    clip = detector.detect(cut)[0]
+    pad = FaceDetector(device="cpu", edge="pad").detect(cut)[0]
+    assert len(clip) >= 1 and len(pad) >= 1
+    inner = detector.detect(astronaut)[0][0]
+    padded_inner = FaceDetector(device="cpu", edge="pad").detect(astronaut)[0][0]
+    np.testing.assert_allclose(inner.box, padded_inner.box, atol=1e-3)  # a face away from the border: same
+
+
+def test_large_photo_peak_memory_under_2_gib(tmp_path) -> None:
+    """A 6000x4000 photo (the sample face tiled in) is processed with peak RSS under 2 GiB."""
+    script = textwrap.dedent(f"""
+        import resource, numpy as np, torch
+        torch.set_num_threads(2)
+        from facemtl.io import load_image
+        from facemtl.detect.detector import FaceDetector
+        face = load_image({str(_resources.sample_photo())!r})
+        big = np.zeros((4000, 6000, 3), np.uint8)
+        big[:] = 90
+        big[1000:1512, 2000:2512] = face
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        faces = FaceDetector(device="cpu").detect(big)[0]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(len(faces), base, peak)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True)
+    n_faces, _, peak_kib = (int(v) for v in out.stdout.split())
+    assert n_faces >= 1
+    assert peak_kib * 1024 < 2 * 2**30, f"peak RSS {peak_kib / 2**20:.2f} GiB"
