@@ -1,59 +1,53 @@
-"""The ``facemtl`` command line: each sub-command is a thin layer over the Python API."""
+"""The ``facemtl`` command line: each sub-command is a thin layer over the Python API.
+
+Parsers live here (argparse only, so ``facemtl --help`` starts fast); each command's work is imported from
+``facemtl.commands.<name>`` when it runs.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import FacemtlError
 
 log = logging.getLogger("facemtl")
 
 
-def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
 
 
-def _detect_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="find faces (box, score, 5 landmarks) in photos or folders")
-    p.add_argument("paths", nargs="+", help="photo files or folders (searched recursively)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (faces.json, crops/, annotated/)")
-    p.add_argument("--crops", action="store_true", help="write aligned 112x112 crops to OUT/crops/")
-    p.add_argument("--draw", action="store_true", help="write annotated copies to OUT/annotated/")
+def _models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None, help="multi-task model file (default: the shipped one)")
+    p.add_argument("--detector", type=Path, default=None, help="detector weights (default: the shipped MTCNN)")
     p.add_argument("--min-face", type=float, default=20.0, help="smallest face side in pixels (default 20)")
-    p.add_argument("--batch-size", type=int, default=8, help="photos per detector call (default 8)")
+    p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
+    _device(p)
+
+
+def _batch_outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="photo files or folders (searched recursively)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="photos per detector call (default 8)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs in OUT")
-    _add_device(p, "cpu")
-    p.set_defaults(run=_run_detect)
 
 
-def _run_detect(args: argparse.Namespace) -> int:
-    from .commands.detect import run_detect
-    return run_detect(args)
-
-
-def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train (or resume) the multi-task network from a TOML config")
-    p.add_argument("--config", required=True, type=Path, help="TOML file with [model] [data] [train] [augment]")
-    p.add_argument("--out", type=Path, default=None, help="run folder (overrides out_dir in the config)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)")
-    p.set_defaults(run=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from .commands.train import run_train
-    return run_train(args)
-
-
-def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from .commands.evaluate import add_parser
-    add_parser(sub)
-
-
-_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_detect_parser, _train_parser, _evaluate_parser]
+def _command(name: str, func: str = "run") -> object:
+    """Resolve ``facemtl.commands.<name>.<func>`` lazily."""
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"facemtl.commands.{name}"), func)(args)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +55,89 @@ def build_parser() -> argparse.ArgumentParser:
                                      "face analysis (identity, verification, landmarks, attributes).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in _PARSERS:
-        add(sub)
+
+    p = sub.add_parser("analyze", help="every face in photos: box, landmarks, embedding, attributes, pose")
+    _batch_outputs(p)
+    p.add_argument("--top", type=int, default=3, help="attributes written beside each face (default 3)")
+    p.add_argument("--no-draw", action="store_true", help="skip the annotated images")
+    _models(p)
+    p.set_defaults(run=_command("analyze"))
+
+    p = sub.add_parser("detect", help="find faces (box, score, 5 landmarks) in photos or folders")
+    _batch_outputs(p)
+    p.add_argument("--crops", action="store_true", help="write aligned 112x112 crops to OUT/crops/")
+    p.add_argument("--draw", action="store_true", help="write annotated copies to OUT/annotated/")
+    p.add_argument("--min-face", type=float, default=20.0, help="smallest face side in pixels (default 20)")
+    _device(p, "cpu")
+    p.set_defaults(run=_command("detect", "run_detect"))
+
+    p = sub.add_parser("crop", help="aligned face crops only (OUT/crops/<stem>_<k>.png)")
+    _batch_outputs(p)
+    p.add_argument("--size", type=_positive_int, default=112, help="crop side in pixels (default 112)")
+    p.add_argument("--min-face", type=float, default=20.0, help="smallest face side in pixels (default 20)")
+    _device(p, "cpu")
+    p.set_defaults(run=_command("detect", "run_crop"))
+
+    p = sub.add_parser("embed", help="identity embeddings of the largest face of each photo (.npy + index)")
+    _batch_outputs(p)
+    _models(p)
+    p.set_defaults(run=_command("analyze", "run_embed"))
+
+    p = sub.add_parser("verify", help="are the faces in two photos the same person?")
+    p.add_argument("photo_a", type=Path)
+    p.add_argument("photo_b", type=Path)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity threshold (default: the one calibrated and stored in the model)")
+    _models(p)
+    p.set_defaults(run=_command("gallery", "run_verify"))
+
+    p = sub.add_parser("enroll", help="add a person's face(s) to a gallery database")
+    p.add_argument("name", help="the person's name")
+    p.add_argument("photos", nargs="+", help="photos (or folders) of that person")
+    p.add_argument("--db", type=Path, required=True, help="gallery database (SQLite), created if absent")
+    _models(p)
+    p.set_defaults(run=_command("gallery", "run_enroll"))
+
+    p = sub.add_parser("identify", help="who is this? search a gallery for each face in a photo")
+    p.add_argument("photo", type=Path)
+    p.add_argument("--db", type=Path, required=True, help="gallery database made by facemtl enroll")
+    p.add_argument("--top-k", type=_positive_int, default=5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="below this cosine similarity the answer is 'unknown' (default: the model's)")
+    _models(p)
+    p.set_defaults(run=_command("gallery", "run_identify"))
+
+    p = sub.add_parser("train", help="train (or resume) the multi-task network from a TOML config")
+    p.add_argument("--config", required=True, type=Path, help="TOML file with [model] [data] [train] [augment]")
+    p.add_argument("--out", type=Path, default=None, help="run folder (overrides out_dir in the config)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)")
+    p.set_defaults(run=_command("train", "run_train"))
+
+    p = sub.add_parser("evaluate", help="evaluate a model on CelebA test, celeba_wild test and MTFL test")
+    p.add_argument("model", type=Path, help="model file (.pt) written by facemtl train")
+    p.add_argument("--data", default=None, help="data folder (default $FACEMTL_DATA or ../shared/data)")
+    p.add_argument("--out", type=Path, default=None, help="folder for evaluation.json and the plots")
+    p.add_argument("--parts", nargs="+", choices=("celeba", "wild", "mtfl"), default=["celeba", "wild", "mtfl"])
+    p.add_argument("--cache", type=Path, default=None, help="detection cache folder")
+    p.add_argument("--no-flip", action="store_true", help="do not average with the mirrored face")
+    _device(p)
+    p.set_defaults(run=_command("evaluate", "run_evaluate"))
+
+    p = sub.add_parser("export", help="export the shared CNN and the detector nets (ONNX / TorchScript)")
+    p.add_argument("model", type=Path, nargs="?", default=None, help="model file (default: the shipped one)")
+    p.add_argument("--format", nargs="+", choices=("onnx", "torchscript"), default=["onnx", "torchscript"])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-detector", action="store_true", help="export only the shared CNN")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(run=_command("export"))
+
+    p = sub.add_parser("bench", help="time detection and the full pipeline on photos")
+    p.add_argument("paths", nargs="+", help="photo files or folders")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    _device(p, "cpu")
+    p.set_defaults(run=_command("bench"))
     return parser
 
 

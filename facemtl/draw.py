@@ -22,10 +22,12 @@ def draw_faces(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
         cv2.rectangle(out, (x1, y1), (x2, y2), _BOX, thick, cv2.LINE_AA)
         for p, colour in zip(np.asarray(landmarks)[k], _POINTS):
             cv2.circle(out, (int(round(p[0])), int(round(p[1]))), max(1, thick), colour, -1, cv2.LINE_AA)
-        for line_no, text in enumerate(labels[k] if labels else []):
-            y = y1 + int((line_no + 1) * 16 * font / 0.5)
-            org = (x2 + thick + 2, y)
-            cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thick + 2, cv2.LINE_AA)
-            cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), max(1, thick - 1),
+        y = y1
+        for text in labels[k] if labels else []:
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+            x = x2 + thick + 2
+            cv2.rectangle(out, (x, y), (x + tw + 4, y + th + base + 4), (20, 20, 20), -1)
+            cv2.putText(out, text, (x + 2, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), 1,
                         cv2.LINE_AA)
+            y += th + base + 5
     return out

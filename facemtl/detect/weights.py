@@ -34,7 +34,7 @@ def load_detector_nets(path: str | os.PathLike[str] | None = None) -> dict[str, 
     for name, net in nets.items():
         try:
             net.load_state_dict(body["state_dicts"][name])
-        except (KeyError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise WeightsError(f"{path}: weights for {name} do not fit the network: {exc}") from None
         net.eval().requires_grad_(False)
     return nets

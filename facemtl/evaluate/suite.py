@@ -94,20 +94,26 @@ def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str
     chosen = [None if found[p] is None else largest(found[p]) for p in paths]
     out, _, missing = _faces_to_crops(analyzer, paths, chosen, _mean_relative(paths, chosen))
     ids = np.array([f.identity for f in faces])
-    a, b, same, fold = make_identity_pairs(ids, seed=1)
-    scores = cosine_scores(out.embedding[a], out.embedding[b])
-    ver = verification_accuracy(scores, same, fold)
-    names = list(analyzer.model.config.attribute_names)
-    attrs = attribute_accuracy(out.attributes, np.stack([f.attributes for f in faces]), names)
-    far, tar, _ = roc(scores, same)
-    return {"images": len(paths), "identities": int(len(np.unique(ids))), "detector_misses": int(missing.sum()),
-            "verification": ver.to_dict(), "attributes": attrs.to_dict(),
-            "_roc": (far, tar), "_attr_acc": np.asarray(attrs.accuracy)}
+    result: dict[str, Any] = {"images": len(paths), "identities": int(len(np.unique(ids))),
+                              "detector_misses": int(missing.sum())}
+    if out.embedding is not None:
+        a, b, same, fold = make_identity_pairs(ids, seed=1)
+        scores = cosine_scores(out.embedding[a], out.embedding[b])
+        result["verification"] = verification_accuracy(scores, same, fold).to_dict()
+        result["_roc"] = roc(scores, same)[:2]
+    if out.attributes is not None:
+        names = list(analyzer.model.config.attribute_names)
+        attrs = attribute_accuracy(out.attributes, np.stack([f.attributes for f in faces]), names)
+        result["attributes"] = attrs.to_dict()
+        result["_attr_acc"] = np.asarray(attrs.accuracy)
+    return result
 
 
 def evaluate_wild(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, Any]:
     photos = read_person_folders(root / "celeba_wild" / "test")
     paths = [p.path for p in photos]
+    if "verification" not in analyzer.model.config.tasks:
+        return {"photos": len(paths)}
     found = cached_detections(paths, cache / "eval-wild-test.json", analyzer.detector)
     chosen = [None if found[p] is None else largest(found[p]) for p in paths]
     out, _, missing = _faces_to_crops(analyzer, paths, chosen, None)
@@ -183,7 +189,7 @@ def _write(results: dict[str, Any], out: Path, names: list[str]) -> None:
     if "mtfl" in results and "_ced" in results["mtfl"]:
         plots.plot_ced({"facemtl": results["mtfl"]["_ced"]}, out / "ced.png",
                        title="MTFL test (AFLW): cumulative error distribution")
-    if "celeba" in results:
+    if "celeba" in results and "_attr_acc" in results["celeba"]:
         plots.plot_attribute_bars(names, {"facemtl": results["celeba"]["_attr_acc"]}, out / "attributes.png",
                                   title="CelebA test: accuracy per attribute")
 
@@ -199,12 +205,13 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
         for k in ("gender", "smile", "glasses"):
             if f"{k}_accuracy" in m:
                 h[f"mtfl_{k}_%"] = 100.0 * m[f"{k}_accuracy"]
-    if "celeba" in results:
-        c = results["celeba"]
+    c = results.get("celeba", {})
+    if "attributes" in c:
         h["celeba_attr_mean_%"] = 100.0 * c["attributes"]["mean_accuracy"]
+    if "verification" in c:
         h["celeba_verif_%"] = 100.0 * c["verification"]["accuracy"]
         h["celeba_tar@far1e-2_%"] = 100.0 * c["verification"]["tar_at_far_1e-2"]
-    if "wild" in results:
+    if "verification_accuracy" in results.get("wild", {}):
         h["wild_verif_%"] = 100.0 * results["wild"]["verification_accuracy"]
         h["wild_tar@far1e-2_%"] = 100.0 * results["wild"]["verification_scored_pairs"]["tar_at_far_1e-2"]
     return h

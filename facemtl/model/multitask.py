@@ -128,7 +128,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         config = ModelConfig.from_dict(body["config"])
         model = MultiTaskNet(config)
         model.load_state_dict(body["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as exc:
         raise WeightsError(f"{path}: model file does not match this facemtl's networks: {exc}") from None
     model.meta = body.get("meta", {})
     model.model_id = f"{config.trunk}-{config.sharing}/{body['sha256'][:12]}"

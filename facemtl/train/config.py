@@ -1,9 +1,10 @@
 """Training configuration: dataclasses, loadable from TOML (sections [model] [data] [train] [augment])."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,14 +93,42 @@ class RunConfig:
         return asdict(self)
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a field's annotation (int accepted for float; lists for tuples)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _build(cls: type, values: Any, section: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table of options, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = set(values) - set(hints)
     if unknown:
         raise ConfigError(f"[{section}]: unknown option(s) {', '.join(sorted(unknown))}")
+    for key, value in values.items():
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"[{section}] {key} = {value!r}: expected {hints[key]}")
     try:
         return cls(**values)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"[{section}]: {exc}") from None
 
 
@@ -133,6 +162,8 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         node = values
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {p} is not a table of options")
         node[key] = value
     return config_from_dict(values)
 

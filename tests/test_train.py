@@ -1,0 +1,212 @@
+"""Joint training on the real mixed data (a small slice of it): runs, resumes exactly, survives faults."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facemtl.errors import CheckpointError, ConfigError, WeightsError
+from facemtl.model.multitask import load_model
+from facemtl.serialization import load_file
+from facemtl.train.config import load_config
+from facemtl.train.trainer import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Trainer, TrainingError
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+out_dir = "{out}"
+[model]
+trunk = "deepid2"
+width = 0.5
+input_size = 64
+feature_dim = 64
+embedding_dim = 32
+sharing = "{sharing}"
+[data]
+root = "{root}"
+cache_dir = "{cache}"
+limit = 60
+[train]
+epochs = 2
+steps_per_epoch = 5
+identities_per_batch = 4
+images_per_identity = 2
+others_per_batch = 4
+lr = 0.02
+checkpoint_every = 2
+num_workers = 0
+threads = 1
+seed = 3
+grad_cosine_batches = 1
+weighting = "{weighting}"
+"""
+
+
+@pytest.fixture(scope="session")
+def table_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("facemtl-cache")
+
+
+def write_config(path: Path, out: Path, root: Path, cache: Path, sharing: str = "hard",
+                 weighting: str = "static") -> Path:
+    path.write_text(TINY.format(out=out, root=root, cache=cache, sharing=sharing, weighting=weighting))
+    return path
+
+
+def start(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "facemtl.cli", "train", "--config", str(config), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def checkpoint_step(out: Path) -> int:
+    try:
+        return int(load_file(out / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)["global_step"])
+    except (WeightsError, FileNotFoundError):
+        return -1
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    return load_model(path).state_dict()
+
+
+def test_tiny_run_writes_model_logs_and_plots(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "run", data_dir, table_cache)
+    out = finish(start(cfg))
+    assert "identities" in out and "steps/epoch" in out
+    run = tmp_path / "run"
+    model = load_model(run / "model.pt")
+    assert set(model.config.tasks) == {"identity", "verification", "landmarks", "attributes", "pose"}
+    lines = (run / "log.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert [row.split(",")[0] for row in lines[1:]] == ["0", "1", "2"]        # untrained baseline + 2 epochs
+    for metric in ("identity_top1", "verification_acc", "attributes_acc", "landmarks_nme", "pose_acc"):
+        assert f"val_{metric}" in header
+    assert (run / "curves.png").stat().st_size > 0 and (run / "grad_cosines.png").stat().st_size > 0
+    assert (run / "grad_cosines.csv").read_text().count("\n") == 3
+
+
+def _killed_run_equals_uninterrupted(tmp_path: Path, data_dir: Path, cache: Path, sharing: str,
+                                     kill_after: list[int]) -> None:
+    whole = write_config(tmp_path / "a.toml", tmp_path / "a", data_dir, cache, sharing)
+    finish(start(whole))
+    broken = write_config(tmp_path / "b.toml", tmp_path / "b", data_dir, cache, sharing)
+    rng = np.random.default_rng(len(kill_after))
+    for step in kill_after:
+        proc = start(broken)
+        deadline = time.time() + 240
+        while checkpoint_step(tmp_path / "b") < step:
+            assert proc.poll() is None, "run ended before the kill point"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0, 0.4)))                               # somewhere after that checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    out = finish(start(broken))
+    assert "resumed at epoch" in out
+    a, b = state(tmp_path / "a" / "model.pt"), state(tmp_path / "b" / "model.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+def test_killed_three_times_resumes_to_the_same_weights(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    _killed_run_equals_uninterrupted(tmp_path, data_dir, table_cache, "hard", kill_after=[2, 4, 8])
+
+
+def test_cross_stitch_resumes_exactly_too(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    _killed_run_equals_uninterrupted(tmp_path, data_dir, table_cache, "cross_stitch", kill_after=[4])
+
+
+@pytest.mark.parametrize("sharing", ["hierarchical", "cross_stitch", "shared_private"])
+def test_every_sharing_design_trains_on_real_data(tmp_path: Path, data_dir: Path, table_cache: Path,
+                                                  sharing: str) -> None:
+    cfg = write_config(tmp_path / "s.toml", tmp_path / "s", data_dir, table_cache, sharing, "uncertainty")
+    finish(start(cfg, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3"))
+    assert load_model(tmp_path / "s" / "model.pt").config.sharing == sharing
+
+
+def test_nan_loss_is_skipped_then_stops_the_run(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "n.toml", tmp_path / "n", data_dir, table_cache),
+                      {"train.nan_patience": 3, "train.threads": 0})
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batch = trainer.sampler.epoch_batches(0)[0]
+    from facemtl.train.trainer import BatchList
+    images, tg = BatchList(trainer.dataset, [batch], 3, 0, trainer.table, "views")[0]
+    poisoned = images.float()
+    poisoned[0] = float("nan")
+    for _ in range(2):
+        losses = trainer._train_step(poisoned, tg)
+        assert not all(np.isfinite(v) for v in losses.values())
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a NaN step changed the weights"
+    assert trainer.nan_streak == 2
+    trainer._train_step(images, tg)                                          # a good batch resets the count
+    assert trainer.nan_streak == 0
+    for _ in range(2):
+        trainer._train_step(poisoned, tg)
+    with pytest.raises(TrainingError, match="NaN"):
+        trainer._train_step(poisoned, tg)
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    path = write_config(tmp_path / "c.toml", tmp_path / "c", data_dir, table_cache)
+    finish(start(path))
+    run = tmp_path / "c"
+    prev_step = int(load_file(run / "checkpoint.prev.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)["global_step"])
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])              # a partial write
+    cfg = load_config(path, {"train.threads": 0})
+    trainer = Trainer(cfg)
+    assert trainer.resume() and trainer.global_step == prev_step
+    (run / "checkpoint.prev.pt").write_bytes(b"not a checkpoint")
+    assert not Trainer(cfg).resume()                                         # nothing usable: fresh start
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    path = write_config(tmp_path / "d.toml", tmp_path / "d", data_dir, table_cache)
+    finish(start(path, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"))
+    cfg = load_config(path, {"train.threads": 0, "train.lr": 0.5})
+    with pytest.raises(CheckpointError, match="different config"):
+        Trainer(cfg).resume()
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nbogus = 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(bad)
+    bad.write_text('[train]\nweighting = "gradnorm"\ngradient = "pcgrad"\n')
+    from facemtl.train.trainer import train
+    with pytest.raises(ConfigError, match="PCGrad"):
+        train(load_config(bad))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        bad.write_text("[train\n")
+        load_config(bad)
+
+
+def test_torchrun_two_processes_with_gloo(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    cfg = write_config(tmp_path / "ddp.toml", tmp_path / "ddp", data_dir, table_cache)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "facemtl.cli", "train", "--config", str(cfg), "--set", "train.epochs=1"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("facemtl train:") == 1 and "x 2 process(es)" in out    # rank 0 alone reports
+    run = tmp_path / "ddp"
+    assert (run / "model.pt").is_file() and (run / "log.csv").is_file()
+    assert load_file(run / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)["world"] == 2

@@ -1,0 +1,128 @@
+"""Write a model card (Markdown) for a trained model from the files its commands produced.
+
+Reads the run folder (config.json, log.csv, the model's metadata) and the evaluation JSON written by
+``facemtl evaluate MODEL --out DIR``, so every figure in the card is copied by a program, not by hand.
+
+    python tools/model_card.py --model weights/facemtl-deepid2.pt --run runs/deepid2 \\
+        --evaluation runs/deepid2-eval/evaluation.json --out weights/facemtl-deepid2.md
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from facemtl.evaluate.suite import headline
+from facemtl.model.multitask import load_model
+
+BARS = {"mtfl_nme_%": ("<=", 8.5), "mtfl_failure_%": ("<=", 15.0), "mtfl_gender_%": (">=", 90.0),
+        "mtfl_smile_%": (">=", 85.0), "mtfl_glasses_%": (">=", 95.0), "celeba_attr_mean_%": (">=", 87.0),
+        "celeba_verif_%": (">=", 90.0), "wild_verif_%": (">", 85.2)}
+LABELS = {
+    "mtfl_nme_%": "MTFL test (2,995 AFLW faces): mean landmark error, % of inter-ocular distance",
+    "mtfl_failure_%": "MTFL test: failure rate (error > 10%)",
+    "mtfl_gender_%": "MTFL test: gender accuracy",
+    "mtfl_smile_%": "MTFL test: smile accuracy",
+    "mtfl_glasses_%": "MTFL test: glasses accuracy",
+    "celeba_attr_mean_%": "CelebA test (660 images): mean accuracy over the 40 attributes",
+    "celeba_verif_%": "CelebA test identities: verification accuracy (10-fold; 9,570 same + 9,570 different pairs)",
+    "celeba_tar@far1e-2_%": "CelebA test identities: TAR at FAR = 1e-2",
+    "wild_verif_%": "celeba_wild test, end to end (1,162 photos; 13,925 + 13,925 pairs): verification accuracy",
+    "wild_tar@far1e-2_%": "celeba_wild test: TAR at FAR = 1e-2 (pairs with a face in both photos)",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--run", type=Path, required=True, help="the training run folder")
+    parser.add_argument("--evaluation", type=Path, required=True, help="evaluation.json of facemtl evaluate")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--wall", type=float, default=None, help="measured wall time of the whole run, seconds")
+    args = parser.parse_args()
+    model = load_model(args.model)
+    cfg = json.loads((args.run / "config.json").read_text())
+    rows = list(csv.DictReader(open(args.run / "log.csv")))
+    ev = json.loads(args.evaluation.read_text())
+    figures = headline(ev)
+    meta = model.meta
+    wall = args.wall if args.wall is not None else float(meta.get("wall_s", 0.0))
+    speed = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s")]
+    lines = [
+        f"# Model card: {args.model.name}",
+        "",
+        f"Model id `{model.model_id}` (the gallery refuses embeddings of other ids). "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"{args.model.stat().st_size / 2**20:.1f} MiB.",
+        "",
+        "## What it is",
+        f"- Shared CNN `{cfg['model']['trunk']}` (sharing `{cfg['model']['sharing']}`) on "
+        f"{cfg['model']['input_size']}x{cfg['model']['input_size']} RGB crops aligned onto the five-point "
+        "template (`facemtl.align`) from the MTCNN detector's landmarks (`weights/mtcnn.pt`).",
+        f"- Heads: identity softmax over {model.config.num_identities} training identities, "
+        f"{model.config.embedding_dim}-D L2-normalised embedding (DeepID2 contrastive loss), 5 landmarks, "
+        "CelebA's 40 attributes, 5-way head pose.",
+        f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}, "
+        "the threshold that maximises accuracy over all CelebA test-identity pairs (each fold of the 10-fold "
+        "figure below chooses its own threshold on the other 9 folds).",
+        "",
+        "## Training",
+        "- Data: CelebA train split (152 identities, identities + 40 attributes; 2 images per identity held out "
+        "for validation), celeba_wild train (238 identities, whole photos through our detector), MTFL "
+        "training.txt (landmarks, gender, smile, glasses, pose; 5% held out for validation).",
+        f"- Command: `facemtl train --config configs/deepid2.toml` ({cfg['train']['epochs']} epochs, "
+        f"{meta.get('steps')} steps of batch "
+        f"{cfg['train']['identities_per_batch'] * cfg['train']['images_per_identity'] + 2 * cfg['train']['others_per_batch']}"
+        f", seed {cfg['train']['seed']}).",
+        f"- Hardware: {platform.processor() or platform.machine()} CPU, {meta.get('device')}, "
+        f"{torch.get_num_threads()} threads; wall time {wall / 3600:.2f} h; "
+        f"median throughput {sorted(speed)[len(speed) // 2] if speed else 0:.0f} samples/s.",
+        f"- Loss weighting `{cfg['train']['weighting']}` {cfg['train']['weighting_options']}, landmark loss "
+        f"`{cfg['train']['landmark_loss']}`, SGD lr {cfg['train']['lr']} (cosine), weight decay "
+        f"{cfg['train']['weight_decay']}.",
+        "",
+        "## Evaluation",
+        f"Command: `facemtl evaluate {args.model} --out DIR` (detect -> align -> CNN, mirror averaging on). "
+        "Every figure below is copied from its `evaluation.json` by `tools/model_card.py`.",
+        "",
+        "| figure | value | bar |",
+        "|---|---:|---|",
+    ]
+    for key, value in figures.items():
+        bar = BARS.get(key)
+        mark = "" if bar is None else f"{bar[0]} {bar[1]}: " + (
+            "met" if eval(f"{value} {bar[0]} {bar[1]}") else "NOT met")
+        lines.append(f"| {LABELS.get(key, key)} | {value:.2f} | {mark} |")
+    celeba, wild, mtfl = ev.get("celeba", {}), ev.get("wild", {}), ev.get("mtfl", {})
+    lines += [
+        "",
+        f"Detector misses: CelebA test {celeba.get('detector_misses')} of {celeba.get('images')} (aligned "
+        f"at the set's mean detected position instead), MTFL test {mtfl.get('detector_misses')} of "
+        f"{mtfl.get('faces')} (likewise), celeba_wild test {wild.get('photos_without_face')} of "
+        f"{wild.get('photos')} photos without a face (their {wild.get('pairs_without_face')} pairs count as "
+        "wrong answers). For reference, the detector's own landmarks score "
+        f"{mtfl.get('detector_landmarks_nme_percent', float('nan')):.2f}% NME on MTFL test.",
+        "",
+        "## Terms and limits",
+        "- Trained on CelebA (non-commercial research and educational use only), MTFL (CUHK; images from AFLW "
+        "and the CUHK face alignment set; research use) and CelebA's in-the-wild photos: these weights inherit "
+        "those terms. Cite Liu et al. ICCV 2015 (CelebA), Zhang et al. ECCV 2014 (MTFL/TCDCN), Koestinger et "
+        "al. 2011 (AFLW) and Zhang et al. 2016 (MTCNN).",
+        "- Demographics: CelebA and celeba_wild are celebrities (mostly young adults, a majority of light-skinned "
+        "people, many with make-up and posed photos); MTFL adds web and LFW faces. Accuracy on other groups, on "
+        "children and on non-frontal or low-light faces is not measured here and is likely lower.",
+        "- Recognition was learned from 390 identities only: do not use the verification output for decisions "
+        "about people; it is a research baseline.",
+        "- Attributes such as 'Attractive' or 'Young' are CelebA's annotators' subjective labels and carry "
+        "their biases.",
+    ]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
