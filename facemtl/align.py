@@ -98,15 +98,24 @@ class AlignedFaces:
         return apply_affine(torch.from_numpy(self.matrices), torch.as_tensor(points, dtype=torch.float64)).numpy()
 
 
+MAX_COORDINATE = 1e7
+"""Landmarks beyond this many pixels cannot belong to a photo; larger values would make the warp singular."""
+
+
 def _check_landmarks(landmarks5: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(5,2) or (N,5,2) finite landmarks -> float64 tensor (N,5,2)."""
-    pts = torch.as_tensor(np.asarray(landmarks5, dtype=np.float64))
+    try:
+        pts = torch.as_tensor(np.asarray(landmarks5, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"landmarks5 must be numbers of shape (5,2) or (N,5,2): {exc}") from None
     if pts.ndim == 2:
         pts = pts[None]
     if pts.ndim != 3 or pts.shape[1:] != (5, 2):
         raise InvalidInputError(f"landmarks5 must have shape (5,2) or (N,5,2), got {tuple(pts.shape)}")
     if not bool(torch.isfinite(pts).all()):
         raise InvalidInputError("landmarks5 contain NaN or infinite values")
+    if bool((pts.abs() > MAX_COORDINATE).any()):
+        raise InvalidInputError(f"landmarks5 lie beyond {MAX_COORDINATE:g} px: not points of a photo")
     return pts
 
 
@@ -119,7 +128,8 @@ def align(image: np.ndarray, landmarks5: np.ndarray, size: int = TEMPLATE_SIZE, 
     training uses to jitter crops without black borders. Returns crops of ``size + 2 * padding`` pixels,
     the photo->crop matrices and the inverse mapping for points.
     """
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 \
+            or 0 in image.shape[:2]:
         raise InvalidInputError("image must be an RGB uint8 array of shape (H, W, 3); use facemtl.load_image")
     if not isinstance(size, (int, np.integer)) or size < 8:
         raise InvalidInputError(f"size must be an integer >= 8, got {size!r}")

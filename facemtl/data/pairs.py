@@ -1,7 +1,8 @@
 """Batch composition for joint training, built so the DeepID2 verification loss always has pairs.
 
-Each batch holds ``identities_per_batch`` identities with ``images_per_identity`` images each (so every
-batch has same-identity pairs and many different-identity pairs), plus ``others_per_batch`` samples that
+Each batch holds ``identities_per_batch`` chunks of ``images_per_identity`` images, a chunk being images of
+one identity (an identity with many images may give two chunks to one batch), so every batch has
+same-identity pairs and many different-identity pairs; plus ``others_per_batch`` samples that
 carry no identity (MTFL), each repeated ``views`` times: two differently augmented views of one face form
 a positive pair for the verification loss, and every other face a negative one. Batches depend only on
 (seed, epoch), so runs are reproducible and resumable, and under DDP each rank takes a disjoint shard.

@@ -44,7 +44,8 @@ class FaceDetector:
                  min_face: float = 20.0, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                  factor: float = 0.709, edge: str = "clip") -> None:
         self.device = resolve_device(device)
-        config = CascadeConfig(min_face=min_face, thresholds=thresholds, factor=factor, edge=edge)
+        config = CascadeConfig(min_face=min_face, factor=factor, edge=edge,
+                               thresholds=tuple(thresholds) if isinstance(thresholds, (list, tuple)) else thresholds)
         _check_config(config)
         nets = load_detector_nets(weights)
         self.cascade = Cascade(nets["pnet"], nets["rnet"], nets["onet"], config).to(self.device).eval()
@@ -65,7 +66,7 @@ class FaceDetector:
         its share: these small convolutions scale poorly across threads inside one op, far better
         across photos. torch's thread count is restored afterwards.
         """
-        config = self.config if min_face is None else replace(self.config, min_face=float(min_face))
+        config = self.config if min_face is None else replace(self.config, min_face=min_face)
         _check_config(config)
         arrays = list(arrays)
         workers = min(torch.get_num_threads(), len(arrays)) if self.device.type == "cpu" else 1
@@ -88,6 +89,11 @@ class FaceDetector:
 
 def _check_config(config: CascadeConfig) -> None:
     """Refuse settings that would make the cascade loop forever or find nothing by construction."""
+    numbers = (config.min_face, config.factor, *(config.thresholds if isinstance(config.thresholds, tuple) else ()))
+    if not isinstance(config.thresholds, tuple) or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in numbers):
+        raise InvalidInputError(f"min_face, factor and the three thresholds must be numbers, got min_face="
+                                f"{config.min_face!r}, factor={config.factor!r}, thresholds={config.thresholds!r}")
     if not (config.min_face >= 1 and np.isfinite(config.min_face)):
         raise InvalidInputError(f"min_face must be a finite number >= 1 pixel, got {config.min_face}")
     if not 0 < config.factor < 1:
