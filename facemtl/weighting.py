@@ -75,16 +75,8 @@ class TaskWeighting(nn.Module):
         """Called once per epoch with the epoch's average training loss of each task. Default: nothing."""
 
 
-class StaticWeighting(TaskWeighting):
-    """Fixed weights: ``total = sum_i w_i * L_i``; a task missing from ``weights`` gets 1.0."""
-
-    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
-        super().__init__(tasks)
-        weights = dict(weights or {})
-        unknown = set(weights) - set(self.tasks)
-        if unknown:
-            raise ConfigError(f"weights given for unknown tasks {sorted(unknown)}; configured: {list(self.tasks)}")
-        self.register_buffer("w", torch.tensor([float(weights.get(t, 1.0)) for t in self.tasks]))
+class _BufferWeights(TaskWeighting):
+    """A weighted sum with the weights held in the buffer ``w`` (one per task, in ``tasks`` order)."""
 
     def forward(
         self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter] | None = None
@@ -96,6 +88,19 @@ class StaticWeighting(TaskWeighting):
 
     def weights(self) -> dict[str, float]:
         return {t: float(self.w[i]) for i, t in enumerate(self.tasks)}
+
+
+class StaticWeighting(_BufferWeights):
+    """Fixed weights: ``total = sum_i w_i * L_i``; a task missing from ``weights`` gets 1.0."""
+
+    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+        super().__init__(tasks)
+        weights = dict(weights or {})
+        unknown = set(weights) - set(self.tasks)
+        if unknown:
+            raise ConfigError(f"weights given for unknown tasks {sorted(unknown)}; configured: {list(self.tasks)}")
+        self.register_buffer("w", torch.tensor([float(weights.get(t, 1.0)) for t in self.tasks]))
+
 
 
 class UncertaintyWeighting(TaskWeighting):
@@ -254,7 +259,7 @@ class GradNorm(TaskWeighting):
         return {t: float(self.w[i]) for i, t in enumerate(self.tasks)}
 
 
-class DynamicWeightAverage(TaskWeighting):
+class DynamicWeightAverage(_BufferWeights):
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
 
     For epoch ``t`` the weights are ``w_i = K * exp(r_i / T) / sum_j exp(r_j / T)`` with
@@ -291,16 +296,6 @@ class DynamicWeightAverage(TaskWeighting):
         k = len(self.tasks)
         self.w.copy_((k * torch.softmax(ratio / self.temperature, dim=0)).float())
 
-    def forward(
-        self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter] | None = None
-    ) -> torch.Tensor:
-        present = self._present(losses)
-        if not present:
-            return self._no_loss()
-        return sum(float(self.w[self._index[t]]) * losses[t] for t in present)
-
-    def weights(self) -> dict[str, float]:
-        return {t: float(self.w[i]) for i, t in enumerate(self.tasks)}
 
 
 class TaskEarlyStopping:

@@ -10,7 +10,7 @@ facenet-pytorch 2.6.0 pins an old torch; install it beside ours without its depe
 Optional extra rows, when installed: dlib HOG (``pip install face_recognition dlib-bin``), OpenCV Haar
 (opencv-python 4.x, which still ships the cascades), mediapipe 0.10.21's full-range detector.
 
-    python tools/bench_detect.py [--data DIR] [--limit N] [--threads 2] [--batch 16] [--json OUT.json]
+    python tools/bench_detect.py [--data DIR] [--limit N] [--threads 2] [--batch 16] [--json OUT.json] [--plot PR.png]
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ import torch
 
 from facemtl.data import data_root
 from facemtl.detect.detector import FaceDetector
-from facemtl.evaluate.detection import detection_report, match_rate, read_wider_gt
+from facemtl.evaluate.detection import average_precision, detection_report, match_rate, read_wider_gt
+from facemtl.evaluate.plots import plot_pr
 from facemtl.io import load_image
 
 Boxes = tuple[np.ndarray, np.ndarray]
@@ -145,6 +146,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="photos per call for the batched facemtl row")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="write the PR curves (IoU 0.5) of every row as PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names, images, gt = _load(args.data, args.limit)
@@ -188,6 +190,13 @@ def main() -> None:
               f"{summary['speedup_batched']:.2f}x with {args.batch} photos per call")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=float))
+    if args.plot:
+        curves = {}
+        for key, res in results.items():
+            r = average_precision(res, gt)
+            curves[key] = (r.recall, r.precision, r.ap)
+        plot_pr(curves, args.plot, title=f"WIDER FACE val, 5-event subset ({len(images)} photos), IoU 0.5")
+        print(f"PR curves in {args.plot}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ class Sharing(nn.Module):
         """Design-specific regularisers from the last forward pass (e.g. shared-private difference loss)."""
         return {}
 
+    def special_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained with their own learning rate (``train.cross_stitch_lr``); none by default."""
+        return []
+
 
 def neck_input_features(trunk: Trunk, input_size: int, blocks: Sequence[int]) -> int:
     """Flattened size of the chosen blocks' outputs for this input size."""

@@ -171,7 +171,7 @@ class Trainer:
         tasks = [t for t in mcfg.tasks]
         self.weighting = build_weighting(cfg.train.weighting, tasks, **cfg.train.weighting_options).to(self.device)
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
-        special = self.model.sharing.special_parameters() if hasattr(self.model.sharing, "special_parameters") else []
+        special = self.model.sharing.special_parameters()
         special_ids = {id(p) for p in special}
         decay, no_decay = [], []
         for p in self.model.parameters():
@@ -355,7 +355,8 @@ class Trainer:
             group["lr"] = lr * group["lr_scale"]
         images = images.to(self.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
         tg = {k: v.to(self.device, non_blocking=True) for k, v in tg.items()}
-        autocast = torch.autocast(self.device.type, dtype=torch.float16) if self.amp else nullcontext()
+        half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        autocast = torch.autocast(self.device.type, dtype=half) if self.amp else nullcontext()
         with autocast:
             out = self.net(images)
         losses = task_losses(out, tg, self.model.config, self.cfg.train.verification_margin,
@@ -470,26 +471,24 @@ class Trainer:
 
     def _write_logs(self, final: bool = False) -> None:
         """log.csv (one row per epoch), grad_cosines.csv, and at the end the curves / heat-map as PNG."""
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write_bytes(self.out / "log.csv", buf.getvalue().encode())
+        _write_csv(self.out / "log.csv", self.history)
         if self.cosines:
-            ckeys: list[str] = []
-            for row in self.cosines:
-                ckeys += [k for k in row if k not in ckeys]
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=ckeys)
-            writer.writeheader()
-            writer.writerows(self.cosines)
-            atomic_write_bytes(self.out / "grad_cosines.csv", buf.getvalue().encode())
+            _write_csv(self.out / "grad_cosines.csv", self.cosines)
         if final:
             from .plots import plot_training
             plot_training(self.history, self.cosines, self.out)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows with possibly different keys as one CSV (columns in order of first appearance), atomically."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _format_row(row: dict[str, Any]) -> str:
