@@ -1,19 +1,18 @@
 """Where the shipped weights and sample photos live, installed or in a source checkout."""
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def weights_dir() -> Path:
-    """Folder of the shipped weights: the installed ``facemtl.weights`` package, else ``<checkout>/weights``."""
-    try:
-        installed = Path(str(resources.files("facemtl.weights")))
-    except ModuleNotFoundError:
-        installed = None
-    if installed is not None and installed.is_dir() and any(installed.glob("*.pt")):
+    """Folder of the shipped weights: ``facemtl/weights`` when installed, else ``<checkout>/weights``.
+
+    Found by file location, not ``importlib.resources``: the folder has no ``__init__.py``, and for such a
+    namespace package Python 3.11 returns a MultiplexedPath whose ``str`` is no path."""
+    installed = Path(__file__).resolve().parent / "weights"
+    if installed.is_dir() and any(installed.glob("*.pt")):
         return installed
     return _CHECKOUT_ROOT / "weights"
 

@@ -21,6 +21,8 @@ from ..io import load_image
 from ..serialization import atomic_write_bytes
 
 CACHE_VERSION = 2
+SAVE_EVERY = 20
+"""Batches between saves of the manifest while detecting."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,15 @@ def cached_detections(paths: Sequence[Path], cache_file: Path, detector: FaceDet
         except (json.JSONDecodeError, KeyError, OSError):
             entries = {}
     todo = [p for p in paths if entries.get(str(p), {}).get("key") != _file_key(p)]
-    for start in tqdm(range(0, len(todo), batch_size), desc=f"detect {cache_file.stem}", disable=not progress or
-                      not todo, unit="batch"):
+
+    def save() -> None:
+        manifest = {"version": CACHE_VERSION, "detector": signature, "entries": entries}
+        atomic_write_bytes(cache_file, json.dumps(manifest).encode())
+
+    for k, start in enumerate(tqdm(range(0, len(todo), batch_size), desc=f"detect {cache_file.stem}",
+                                   disable=not progress or not todo, unit="batch")):
+        if k and k % SAVE_EVERY == 0:
+            save()  # an interrupted run keeps what it detected
         chunk = todo[start:start + batch_size]
         images, ok = [], []
         for p in chunk:
@@ -85,8 +94,7 @@ def cached_detections(paths: Sequence[Path], cache_file: Path, detector: FaceDet
             entries[str(p)] = {"key": _file_key(p), "faces": [
                 {"box": d.box.tolist(), "score": d.score, "landmarks": d.landmarks5.tolist()} for d in dets]}
     if todo:
-        manifest = {"version": CACHE_VERSION, "detector": signature, "entries": entries}
-        atomic_write_bytes(cache_file, json.dumps(manifest).encode())
+        save()
     out: dict[Path, list[CachedFace] | None] = {}
     for p in paths:
         faces = entries[str(p)]["faces"]

@@ -87,8 +87,8 @@ def _pick_annotated(faces: list[CachedFace] | None, gt: np.ndarray) -> CachedFac
     return min(inside, key=lambda f: float(np.linalg.norm(f.landmarks.mean(axis=0) - centre)))
 
 
-def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, Any]:
-    faces = read_celeba(root / "celeba", "test")
+def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | None = None) -> dict[str, Any]:
+    faces = read_celeba(root / "celeba", "test")[:limit]
     paths = [f.path for f in faces]
     found = cached_detections(paths, cache / "eval-celeba-test.json", analyzer.detector)
     chosen = [None if found[p] is None else largest(found[p]) for p in paths]
@@ -109,8 +109,8 @@ def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str
     return result
 
 
-def evaluate_wild(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, Any]:
-    photos = read_person_folders(root / "celeba_wild" / "test")
+def evaluate_wild(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | None = None) -> dict[str, Any]:
+    photos = read_person_folders(root / "celeba_wild" / "test")[:limit]
     paths = [p.path for p in photos]
     if "verification" not in analyzer.model.config.tasks:
         return {"photos": len(paths)}
@@ -129,8 +129,8 @@ def evaluate_wild(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, 
             "_roc": (far, tar)}
 
 
-def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, Any]:
-    faces = read_mtfl(root / "MTFL", "testing")
+def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | None = None) -> dict[str, Any]:
+    faces = read_mtfl(root / "MTFL", "testing")[:limit]
     paths = [f.path for f in faces]
     found = cached_detections(paths, cache / "eval-mtfl-test.json", analyzer.detector)
     chosen = [_pick_annotated(found[f.path], f.landmarks) for f in faces]
@@ -159,14 +159,18 @@ def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path) -> dict[str, 
 
 
 def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = None,
-                   parts: Sequence[str] = PARTS, out_dir: Path | None = None) -> dict[str, Any]:
-    """Run the chosen parts; write ``evaluation.json`` and the plots to ``out_dir`` when given."""
+                   parts: Sequence[str] = PARTS, out_dir: Path | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+    """Run the chosen parts; write ``evaluation.json`` and the plots to ``out_dir`` when given.
+
+    ``limit`` keeps only the first N photos of each set (quick checks; the protocols want all of them).
+    """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl}
     results: dict[str, Any] = {"model": analyzer.model_id, "flip_averaging": analyzer.flip}
     for part in parts:
-        results[part] = runners[part](analyzer, Path(root), cache)
+        results[part] = runners[part](analyzer, Path(root), cache, limit)
     if out_dir is not None:
         _write(results, Path(out_dir), list(analyzer.model.config.attribute_names))
     return _public(results)

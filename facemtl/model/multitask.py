@@ -42,6 +42,9 @@ class ModelConfig:
     embedding_dim: int = 128
     num_identities: int = 0
     identity_margin: float = 0.0
+    identity_from: str = "features"
+    """What the identity classifier reads: the shared "features", or the "embedding" (then identification
+    and verification supervise the same L2-normalised feature, as in DeepID2)."""
     dropout: float = 0.0
     sharing: str = "hard"
     sharing_options: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +66,10 @@ class ModelConfig:
             raise ConfigError(f"unknown task(s) {sorted(unknown)}; tasks are {', '.join(TASKS)}")
         if self.input_size < 32:
             raise ConfigError(f"input_size must be >= 32, got {self.input_size}")
+        if self.identity_from not in ("features", "embedding"):
+            raise ConfigError(f"identity_from must be 'features' or 'embedding', got {self.identity_from!r}")
+        if self.identity_from == "embedding" and not {"identity", "verification"} <= set(self.tasks):
+            raise ConfigError("identity_from = 'embedding' needs both the identity and verification tasks")
 
     @property
     def template(self) -> np.ndarray:
@@ -95,7 +102,8 @@ class MultiTaskNet(nn.Module):
         dim = self.sharing.feature_dim
         heads: dict[str, nn.Module] = {}
         if "identity" in config.tasks:
-            heads["identity"] = IdentityHead(dim, config.num_identities, config.identity_margin)
+            in_dim = config.embedding_dim if config.identity_from == "embedding" else dim
+            heads["identity"] = IdentityHead(in_dim, config.num_identities, config.identity_margin)
         if "verification" in config.tasks:
             heads["embedding"] = EmbeddingHead(dim, config.embedding_dim)
         if "landmarks" in config.tasks:
@@ -112,7 +120,12 @@ class MultiTaskNet(nn.Module):
         """Crops (N,3,S,S) with pixel values 0..255 (any float or uint8 dtype) -> outputs by name."""
         x = (x.to(self.mean.dtype) - self.mean) / self.std
         features = self.sharing(x)
-        return {name: head(features[self.head_group[name]]) for name, head in self.heads.items()}
+        on_embedding = self.config.identity_from == "embedding"
+        out = {name: head(features[self.head_group[name]]) for name, head in self.heads.items()
+               if not (on_embedding and name == "identity")}
+        if on_embedding and "identity" in self.heads:
+            out["identity"] = self.heads["identity"](out["embedding"])
+        return out
 
     def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
         """Write the model (weights + config + optional metadata) as one checksummed facemtl file."""

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "facemtl-checkpoint"
 CHECKPOINT_VERSION = 1
 PAIR_ID_OFFSET = 10_000_000
+RUNTIME_SETTINGS = frozenset({"threads", "num_workers", "device", "nan_patience", "checkpoint_every"})
+"""Train settings that do not change the result, so a run may resume with different values."""
 
 
 class TrainingError(FacemtlError):
@@ -263,7 +265,8 @@ class Trainer:
             raise CheckpointError(f"{self.out}: checkpoint was written by a run of {state['world']} process(es); "
                                   f"resume it with the same number")
         saved = state["config"]
-        if saved["model"] != asdict(self.cfg.model) or saved["train"] != asdict(self.cfg.train):
+        if saved["model"] != asdict(self.cfg.model) or _result_settings(saved["train"]) != _result_settings(
+                asdict(self.cfg.train)):
             raise CheckpointError(f"{self.out}: the checkpoint belongs to a run with a different config; "
                                   "use another out_dir or the original config")
         try:
@@ -294,7 +297,7 @@ class Trainer:
             print(f"facemtl train: {len(self.train_idx)} training samples "
                   f"({', '.join(f'{SOURCES[s]} {int((self.table.source[self.train_idx] == s).sum())}' for s in range(3))}), "
                   f"{self.num_identities} identities, {self.steps_per_epoch} steps/epoch x {self.cfg.train.epochs}, "
-                  f"batch {self.cfg.train.plan.batch_size} x {self.world} process(es), device {self.device}"
+                  f"batch {self.sampler.plan.batch_size} x {self.world} process(es), device {self.device}"
                   + (f"; resumed at epoch {self.epoch} step {self.step}" if resumed else ""), flush=True)
         if not resumed and self.main:
             metrics, vlosses = validate(self.model, self.val_sets, self.device, self.cfg.train.verification_margin)
@@ -357,6 +360,7 @@ class Trainer:
         tg = {k: v.to(self.device, non_blocking=True) for k, v in tg.items()}
         half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         autocast = torch.autocast(self.device.type, dtype=half) if self.amp else nullcontext()
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         with autocast:
             out = self.net(images)
         losses = task_losses(out, tg, self.model.config, self.cfg.train.verification_margin,
@@ -369,6 +373,9 @@ class Trainer:
         if not all(math.isfinite(v) for v in values.values()):
             self.nan_streak += 1
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():                        # the forward pass fed the batch into BN running stats
+                for b, old in zip(self.model.buffers(), buffers):
+                    b.copy_(old)
             log.warning("step %d: non-finite loss %s; batch skipped (%d in a row)", self.global_step, values,
                         self.nan_streak)
             if self.nan_streak >= self.cfg.train.nan_patience:
@@ -477,6 +484,11 @@ class Trainer:
         if final:
             from .plots import plot_training
             plot_training(self.history, self.cosines, self.out)
+
+
+def _result_settings(train: dict[str, Any]) -> dict[str, Any]:
+    """The train settings that a resumed run must share with the checkpoint."""
+    return {k: v for k, v in train.items() if k not in RUNTIME_SETTINGS}
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,47 @@
+"""The end-to-end evaluation (detect -> align -> CNN) on the first photos of each real test set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facemtl.analyzer import FaceAnalyzer
+from facemtl.evaluate.suite import evaluate_model, headline
+from facemtl.model.multitask import ModelConfig, MultiTaskNet
+
+pytestmark = pytest.mark.data
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> FaceAnalyzer:
+    torch.manual_seed(0)
+    model = MultiTaskNet(ModelConfig(num_identities=5, width=0.25)).eval()
+    return FaceAnalyzer(model=model, device="cpu")
+
+
+def test_evaluation_writes_every_figure_and_plot(analyzer: FaceAnalyzer, data_dir: Path, tmp_path: Path) -> None:
+    results = evaluate_model(analyzer, data_dir, cache_dir=tmp_path / "cache", out_dir=tmp_path / "eval", limit=60)
+    figures = headline(results)
+    for key in ("mtfl_nme_%", "mtfl_failure_%", "mtfl_gender_%", "mtfl_smile_%", "mtfl_glasses_%",
+                "celeba_attr_mean_%", "celeba_verif_%", "celeba_tar@far1e-2_%", "wild_verif_%"):
+        assert key in figures and np.isfinite(figures[key]), key
+    assert results["mtfl"]["faces"] == 60 and results["celeba"]["images"] == 60 and results["wild"]["photos"] == 60
+    saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert saved["mtfl"]["landmarks"]["mean_nme_percent"] == pytest.approx(figures["mtfl_nme_%"])
+    for png in ("roc.png", "ced.png", "attributes.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 1000
+    # an untrained network is near chance; the detector alone already places landmarks sensibly
+    assert 40 <= figures["celeba_verif_%"] <= 75
+    assert results["mtfl"]["detector_landmarks_nme_percent"] < 20
+
+
+def test_detections_are_cached_and_reused(analyzer: FaceAnalyzer, data_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = evaluate_model(analyzer, data_dir, cache_dir=cache, parts=["mtfl"], limit=20)
+    stamp = (cache / "eval-mtfl-test.json").stat().st_mtime_ns
+    second = evaluate_model(analyzer, data_dir, cache_dir=cache, parts=["mtfl"], limit=20)
+    assert (cache / "eval-mtfl-test.json").stat().st_mtime_ns == stamp       # nothing re-detected
+    assert first == second
