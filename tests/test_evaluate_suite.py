@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facemtl.analyzer import FaceAnalyzer
-from facemtl.evaluate.suite import evaluate_model, headline
+from facemtl.evaluate.suite import calibrate_threshold, evaluate_model, headline
 from facemtl.model.multitask import ModelConfig, MultiTaskNet
 
 pytestmark = pytest.mark.data
@@ -45,3 +45,10 @@ def test_detections_are_cached_and_reused(analyzer: FaceAnalyzer, data_dir: Path
     second = evaluate_model(analyzer, data_dir, cache_dir=cache, parts=["mtfl"], limit=20)
     assert (cache / "eval-mtfl-test.json").stat().st_mtime_ns == stamp       # nothing re-detected
     assert first == second
+
+
+def test_threshold_is_calibrated_on_val_identities_only(analyzer: FaceAnalyzer, data_dir: Path,
+                                                         tmp_path: Path) -> None:
+    found = calibrate_threshold(analyzer, data_dir, cache_dir=tmp_path, limit=60)
+    assert -1.0 <= found["threshold"] <= 1.0 and 0.5 <= found["val_accuracy"] <= 1.0
+    assert (tmp_path / "eval-celeba-val.json").is_file() and not (tmp_path / "eval-celeba-test.json").exists()

@@ -87,10 +87,12 @@ def _pick_annotated(faces: list[CachedFace] | None, gt: np.ndarray) -> CachedFac
     return min(inside, key=lambda f: float(np.linalg.norm(f.landmarks.mean(axis=0) - centre)))
 
 
-def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | None = None) -> dict[str, Any]:
-    faces = read_celeba(root / "celeba", "test")[:limit]
+def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | None = None,
+                    split: str = "test") -> dict[str, Any]:
+    """Verification on all same/different pairs of one split's identities, and the 40 attributes."""
+    faces = read_celeba(root / "celeba", split)[:limit]
     paths = [f.path for f in faces]
-    found = cached_detections(paths, cache / "eval-celeba-test.json", analyzer.detector)
+    found = cached_detections(paths, cache / f"eval-celeba-{split}.json", analyzer.detector)
     chosen = [None if found[p] is None else largest(found[p]) for p in paths]
     out, _, missing = _faces_to_crops(analyzer, paths, chosen, _mean_relative(paths, chosen))
     ids = np.array([f.identity for f in faces])
@@ -174,6 +176,15 @@ def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = 
     if out_dir is not None:
         _write(results, Path(out_dir), list(analyzer.model.config.attribute_names))
     return _public(results)
+
+
+def calibrate_threshold(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+    """The cosine threshold with the best accuracy on CelebA *val* pairs (never the test identities)."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    found = evaluate_celeba(analyzer, Path(root), cache, limit, split="val")["verification"]
+    return {"threshold": float(found["threshold"]), "val_accuracy": float(found["accuracy"])}
 
 
 def _public(results: dict[str, Any]) -> dict[str, Any]:
