@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run folder (overrides out_dir in the config)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)")
+    p.add_argument("--reschedule", action="store_true",
+                   help="resume a run with a different train.epochs (shorten or extend it; recorded in the model)")
     p.set_defaults(run=_command("train", "run_train"))
 
     p = sub.add_parser("evaluate", help="evaluate a model on CelebA test, celeba_wild test and MTFL test")

@@ -1,6 +1,7 @@
 """Joint training on the real mixed data (a small slice of it): runs, resumes exactly, survives faults."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -182,6 +183,20 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path, data_dir: Path,
     cfg = load_config(path, {"train.threads": 0, "train.lr": 0.5})
     with pytest.raises(CheckpointError, match="different config"):
         Trainer(cfg).resume()
+
+
+def test_a_run_can_be_shortened_or_extended_only_when_asked(tmp_path: Path, data_dir: Path,
+                                                              table_cache: Path) -> None:
+    path = write_config(tmp_path / "e.toml", tmp_path / "e", data_dir, table_cache)
+    finish(start(path, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"))
+    longer = load_config(path, {"train.epochs": 2, "train.steps_per_epoch": 2})
+    with pytest.raises(CheckpointError, match="different config"):
+        Trainer(longer).resume()
+    out = finish(start(path, "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2", "--reschedule"))
+    assert "rescheduled: 1 -> 2 epochs at epoch 1" in out
+    model = load_model(tmp_path / "e" / "model.pt")
+    assert json.loads(model.meta["reschedules"]) == [{"at_epoch": 1, "from_epochs": 1, "to_epochs": 2}]
+    assert model.meta["trained_epochs"] == 2
 
 
 def test_config_errors(tmp_path: Path) -> None:

@@ -28,6 +28,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         overrides["out_dir"] = str(args.out)
     cfg = load_config(args.config, overrides)
-    path = train(cfg)
+    path = train(cfg, reschedule=args.reschedule)
     print(f"model written to {path}")
     return 0

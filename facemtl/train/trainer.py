@@ -93,8 +93,10 @@ def _worker_init(_: int) -> None:
 class Trainer:
     """One training run described by a RunConfig; ``run()`` trains, resuming if a checkpoint exists."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, reschedule: bool = False) -> None:
         self.cfg = cfg
+        self.reschedule = reschedule
+        self.reschedules: list[dict[str, int]] = []
         self.out = Path(cfg.out_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.distributed = self.world > 1
@@ -228,7 +230,7 @@ class Trainer:
             "global_step": self.global_step, "torch_rng": torch.get_rng_state(),
             "pcgrad_rng": self.pcgrad_gen.get_state(), "history": json.dumps(self.history),
             "cosines": json.dumps(self.cosines), "nan_streak": self.nan_streak, "wall": self.wall,
-            "world": self.world,
+            "world": self.world, "reschedules": json.dumps(self.reschedules),
         }
 
     def save_checkpoint(self) -> None:
@@ -265,10 +267,18 @@ class Trainer:
             raise CheckpointError(f"{self.out}: checkpoint was written by a run of {state['world']} process(es); "
                                   f"resume it with the same number")
         saved = state["config"]
-        if saved["model"] != asdict(self.cfg.model) or _result_settings(saved["train"]) != _result_settings(
-                asdict(self.cfg.train)):
+        ignore = {"epochs"} if self.reschedule else set()
+        if saved["model"] != asdict(self.cfg.model) or _result_settings(saved["train"], ignore) != _result_settings(
+                asdict(self.cfg.train), ignore):
             raise CheckpointError(f"{self.out}: the checkpoint belongs to a run with a different config; "
                                   "use another out_dir or the original config")
+        self.reschedules = json.loads(state.get("reschedules", "[]"))
+        if saved["train"]["epochs"] != self.cfg.train.epochs:
+            self.reschedules.append({"at_epoch": int(state["epoch"]), "from_epochs": int(saved["train"]["epochs"]),
+                                     "to_epochs": self.cfg.train.epochs})
+            if self.main:
+                print(f"rescheduled: {saved['train']['epochs']} -> {self.cfg.train.epochs} epochs at epoch "
+                      f"{state['epoch']} (the cosine learning rate follows the new length from here)", flush=True)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -474,7 +484,8 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         return {"trained_epochs": self.epoch, "steps": self.global_step, "wall_s": self.wall,
                 "world": self.world, "device": str(self.device), "final_validation": json.dumps(last),
-                "identity_names": json.dumps(self.table.identity_names)}
+                "identity_names": json.dumps(self.table.identity_names),
+                "reschedules": json.dumps(self.reschedules)}
 
     def _write_logs(self, final: bool = False) -> None:
         """log.csv (one row per epoch), grad_cosines.csv, and at the end the curves / heat-map as PNG."""
@@ -486,9 +497,9 @@ class Trainer:
             plot_training(self.history, self.cosines, self.out)
 
 
-def _result_settings(train: dict[str, Any]) -> dict[str, Any]:
+def _result_settings(train: dict[str, Any], ignore: set[str]) -> dict[str, Any]:
     """The train settings that a resumed run must share with the checkpoint."""
-    return {k: v for k, v in train.items() if k not in RUNTIME_SETTINGS}
+    return {k: v for k, v in train.items() if k not in RUNTIME_SETTINGS | ignore}
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -527,8 +538,11 @@ def _split(table: FaceTable, mtfl_fraction: float, per_identity: int, seed: int
     return np.flatnonzero(~held), {"identity": np.array(held_identity, dtype=np.int64), "mtfl": held_mtfl}
 
 
-def train(cfg: RunConfig) -> Path:
-    """Train (resuming when ``cfg.out_dir`` holds a checkpoint); returns the final model file."""
+def train(cfg: RunConfig, reschedule: bool = False) -> Path:
+    """Train (resuming when ``cfg.out_dir`` holds a checkpoint); returns the final model file.
+
+    ``reschedule`` lets a resumed run change its number of epochs (shorten or extend it); the change is
+    recorded in the checkpoint and the model's metadata."""
     if cfg.train.gradient == "pcgrad" and cfg.train.weighting == "gradnorm":
         raise ConfigError("PCGrad and GradNorm both rewrite the shared gradients; choose one")
-    return Trainer(cfg).run()
+    return Trainer(cfg, reschedule).run()
