@@ -52,3 +52,15 @@ def test_threshold_is_calibrated_on_val_identities_only(analyzer: FaceAnalyzer, 
     found = calibrate_threshold(analyzer, data_dir, cache_dir=tmp_path, limit=60)
     assert -1.0 <= found["threshold"] <= 1.0 and 0.5 <= found["val_accuracy"] <= 1.0
     assert (tmp_path / "eval-celeba-val.json").is_file() and not (tmp_path / "eval-celeba-test.json").exists()
+
+
+def test_memoised_crops_give_the_same_figures_as_fresh_ones(analyzer: FaceAnalyzer, data_dir: Path,
+                                                            tmp_path: Path) -> None:
+    from facemtl.evaluate import suite
+    suite._CROP_MEMO.clear()
+    fresh = evaluate_model(analyzer, data_dir, cache_dir=tmp_path, parts=["celeba", "mtfl"], limit=60)
+    assert len(suite._CROP_MEMO) == 2
+    memo_ids = {k: id(v) for k, v in suite._CROP_MEMO.items()}
+    again = evaluate_model(analyzer, data_dir, cache_dir=tmp_path, parts=["celeba", "mtfl"], limit=60)
+    assert {k: id(v) for k, v in suite._CROP_MEMO.items()} == memo_ids          # reused, not rebuilt
+    assert again == fresh

@@ -13,11 +13,13 @@ import csv
 import json
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from facemtl.evaluate.suite import headline
 from facemtl.model.multitask import load_model
+from facemtl.train.config import RunConfig
 
 BARS = {"mtfl_nme_%": ("<=", 8.5), "mtfl_failure_%": ("<=", 15.0), "mtfl_gender_%": (">=", 90.0),
         "mtfl_smile_%": (">=", 85.0), "mtfl_glasses_%": (">=", 95.0), "celeba_attr_mean_%": (">=", 87.0),
@@ -43,6 +45,9 @@ def main() -> None:
     parser.add_argument("--evaluation", type=Path, required=True, help="evaluation.json of facemtl evaluate")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--wall", type=float, default=None, help="measured wall time of the whole run, seconds")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="an earlier run folder: its validation figures beside this run's at the same epoch")
+    parser.add_argument("--compare-epoch", type=int, default=None, help="the epoch compared (default: the last both have)")
     args = parser.parse_args()
     model = load_model(args.model)
     cfg = json.loads((args.run / "config.json").read_text())
@@ -67,14 +72,15 @@ def main() -> None:
         f"{model.config.embedding_dim}-D L2-normalised embedding (DeepID2 contrastive loss), 5 landmarks, "
         "CelebA's 40 attributes, 5-way head pose.",
         f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}, "
-        "the threshold that maximises accuracy over all CelebA test-identity pairs (each fold of the 10-fold "
-        "figure below chooses its own threshold on the other 9 folds).",
+        f"the threshold with the best accuracy over all pairs of the CelebA val identities (never seen in "
+        f"training, disjoint from test): {_threshold_note(meta)}. The test figures below choose their "
+        "thresholds fold by fold (10-fold protocol).",
         "",
         "## Training",
         "- Data: CelebA train split (152 identities, identities + 40 attributes; 2 images per identity held out "
         "for validation), celeba_wild train (238 identities, whole photos through our detector), MTFL "
         "training.txt (landmarks, gender, smile, glasses, pose; 5% held out for validation).",
-        f"- Command: `facemtl train --config configs/deepid2.toml` ({cfg['train']['epochs']} epochs, "
+        f"- Command: {_command(cfg, meta)} ({cfg['train']['epochs']} epochs, "
         f"{meta.get('steps')} steps of batch "
         f"{cfg['train']['identities_per_batch'] * cfg['train']['images_per_identity'] + 2 * cfg['train']['others_per_batch']}"
         f", seed {cfg['train']['seed']}).",
@@ -97,6 +103,8 @@ def main() -> None:
         mark = "" if bar is None else f"{bar[0]} {bar[1]}: " + (
             "met" if eval(f"{value} {bar[0]} {bar[1]}") else "NOT met")
         lines.append(f"| {LABELS.get(key, key)} | {value:.2f} | {mark} |")
+    if args.compare is not None:
+        lines += ["", *_comparison(args.run, args.compare, args.compare_epoch)]
     celeba, wild, mtfl = ev.get("celeba", {}), ev.get("wild", {}), ev.get("mtfl", {})
     lines += [
         "",
@@ -122,6 +130,59 @@ def main() -> None:
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+
+
+def _threshold_note(meta: dict[str, str]) -> str:
+    found = json.loads(meta.get("verification_threshold", "{}"))
+    if "val_accuracy" not in found:
+        return "no calibration record in the file"
+    return f"{100 * found['val_accuracy']:.2f}% accuracy there (`tools/ship_model.py`)"
+
+
+def _command(cfg: dict[str, Any], meta: dict[str, str]) -> str:
+    """The training command(s), including a change of schedule made on resume (``--reschedule``)."""
+    steps = json.loads(meta.get("reschedules", "[]"))
+    if not steps:
+        return "`facemtl train --config configs/deepid2.toml`"
+    parts = [f"`facemtl train --config configs/deepid2.toml --set train.epochs={steps[0]['from_epochs']}` "
+             f"to epoch {steps[0]['at_epoch']}"]
+    parts += [f"then `facemtl train --config configs/deepid2.toml --set train.epochs={s['to_epochs']} --reschedule`"
+              + (f" to epoch {steps[i + 1]['at_epoch']}" if i + 1 < len(steps) else "")
+              for i, s in enumerate(steps)]
+    return ", ".join(parts) + " (the cosine learning rate follows the new length from the change on)"
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "weighting_options":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _comparison(run: Path, other: Path, epoch: int | None) -> list[str]:
+    """Validation figures of two runs at one epoch, and every config value in which they differ."""
+    rows = {name: {int(r["epoch"]): r for r in csv.DictReader(open(d / "log.csv"))}
+            for name, d in (("this run", run), ("earlier run", other))}
+    epoch = epoch if epoch is not None else min(max(r) for r in rows.values())
+    defaults = _flat(RunConfig().to_dict())       # settings added since the earlier run had their defaults there
+    a, b = ({**defaults, **_flat(json.loads((d / "config.json").read_text()))} for d in (run, other))
+    skip = {"out_dir", "train.threads", "train.num_workers"}
+    diff = [f"`{k}` {b.get(k)!r} -> {a.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in skip and a.get(k) != b.get(k)]
+    keys = [k for k in rows["this run"][epoch] if k.startswith("val_")]
+    lines = [f"## What helped: this recipe against the earlier one ({other.name}), validation after epoch {epoch}",
+             "", "Changed together: " + "; ".join(diff) + ".", "",
+             "| validation figure | earlier run | this run | change |", "|---|---:|---:|---:|"]
+    for k in keys:
+        x, y = float(rows["earlier run"][epoch][k]), float(rows["this run"][epoch][k])
+        lines.append(f"| {k[4:]} | {x:.4f} | {y:.4f} | {y - x:+.4f} |")
+    lines += ["", f"(Read from both runs' `log.csv` by `tools/model_card.py --compare {other}`; NME: lower is "
+              "better. The runs' cosine schedules differ in length, so this compares recipes early in training, "
+              "not final models.)"]
+    return lines
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ average in that set (mean relative landmarks; no label is used), and counted in 
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,13 +38,22 @@ from .verification import (cosine_scores, make_identity_pairs, roc, verification
 PARTS = ("celeba", "wild", "mtfl")
 
 
-def _faces_to_crops(analyzer: FaceAnalyzer, paths: Sequence[Path], chosen: Sequence[CachedFace | None],
-                    fallback_rel: np.ndarray | None) -> tuple[CropOutputs, np.ndarray, np.ndarray]:
-    """Align each photo's chosen face (or the fallback) and run the network on all crops at once.
+_CROP_MEMO: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+CROP_MEMO_SIZE = 4
+"""Aligned evaluation sets kept in memory: evaluating several models in one process (an ablation) then
+costs only the networks, not decoding and warping thousands of photos again."""
 
-    Returns the outputs, the photo->crop matrices and a mask of photos that had no usable face.
-    """
-    size = analyzer.input_size
+
+def _aligned_crops(paths: Sequence[Path], chosen: Sequence[CachedFace | None], fallback_rel: np.ndarray | None,
+                   size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crops (N,S,S,3), photo->crop matrices and the no-face mask of one evaluation set (memoised)."""
+    digest = hashlib.sha256(f"{size}|{fallback_rel!r}".encode())
+    for path, face in zip(paths, chosen):
+        digest.update(str(path).encode())
+        digest.update(b"-" if face is None else np.ascontiguousarray(face.landmarks, np.float32).tobytes())
+    key = digest.hexdigest()
+    if key in _CROP_MEMO:
+        return _CROP_MEMO[key]
     crops, matrices, missing = [], [], []
     for path, face in zip(paths, chosen):
         image = load_image(path)
@@ -56,7 +67,21 @@ def _faces_to_crops(analyzer: FaceAnalyzer, paths: Sequence[Path], chosen: Seque
         crops.append(aligned.crops[0])
         matrices.append(aligned.matrices[0])
         missing.append(face is None)
-    return analyzer.run_crops(np.stack(crops)), np.stack(matrices), np.array(missing)
+    result = (np.stack(crops), np.stack(matrices), np.array(missing))
+    while len(_CROP_MEMO) >= CROP_MEMO_SIZE:
+        _CROP_MEMO.pop(next(iter(_CROP_MEMO)))
+    _CROP_MEMO[key] = result
+    return result
+
+
+def _faces_to_crops(analyzer: FaceAnalyzer, paths: Sequence[Path], chosen: Sequence[CachedFace | None],
+                    fallback_rel: np.ndarray | None) -> tuple[CropOutputs, np.ndarray, np.ndarray]:
+    """Align each photo's chosen face (or the fallback) and run the network on all crops at once.
+
+    Returns the outputs, the photo->crop matrices and a mask of photos that had no usable face.
+    """
+    crops, matrices, missing = _aligned_crops(paths, chosen, fallback_rel, analyzer.input_size)
+    return analyzer.run_crops(crops), matrices, missing
 
 
 def _mean_relative(paths: Sequence[Path], chosen: Sequence[CachedFace | None]) -> np.ndarray:
