@@ -56,6 +56,7 @@ def main() -> None:
     figures = headline(ev)
     meta = model.meta
     wall = args.wall if args.wall is not None else float(meta.get("wall_s", 0.0))
+    views = 2 if cfg["data"]["mtfl_verification"] == "views" else 1     # as the trainer's batch plan
     speed = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s")]
     lines = [
         f"# Model card: {args.model.name}",
@@ -82,7 +83,7 @@ def main() -> None:
         "training.txt (landmarks, gender, smile, glasses, pose; 5% held out for validation).",
         f"- Command: {_command(cfg, meta)} ({cfg['train']['epochs']} epochs, "
         f"{meta.get('steps')} steps of batch "
-        f"{cfg['train']['identities_per_batch'] * cfg['train']['images_per_identity'] + 2 * cfg['train']['others_per_batch']}"
+        f"{cfg['train']['identities_per_batch'] * cfg['train']['images_per_identity'] + views * cfg['train']['others_per_batch']}"
         f", seed {cfg['train']['seed']}).",
         f"- Hardware: {platform.processor() or platform.machine()} CPU, {meta.get('device')}, "
         f"{torch.get_num_threads()} threads; wall time {wall / 3600:.2f} h; "
@@ -93,7 +94,10 @@ def main() -> None:
         "",
         "## Evaluation",
         f"Command: `facemtl evaluate {args.model} --out DIR` (detect -> align -> CNN, mirror averaging on). "
-        "Every figure below is copied from its `evaluation.json` by `tools/model_card.py`.",
+        "Every figure below is copied from its `evaluation.json` by `tools/model_card.py` (this card: "
+        f"`python tools/model_card.py --model {args.model} --run {args.run} --evaluation {args.evaluation} "
+        f"--out {args.out}" + (f" --compare {args.compare}" if args.compare else "")
+        + (f" --compare-epoch {args.compare_epoch}" if args.compare_epoch is not None else "") + "`).",
         "",
         "| figure | value | bar |",
         "|---|---:|---|",
