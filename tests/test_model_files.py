@@ -16,7 +16,7 @@ import torch
 
 from facemtl._resources import weights_path
 from facemtl.detect.weights import DETECTOR_FORMAT, load_detector_nets
-from facemtl.errors import WeightsError
+from facemtl.errors import ConfigError, WeightsError
 from facemtl.model.multitask import MODEL_FORMAT, MODEL_VERSION, ModelConfig, MultiTaskNet, load_model
 from facemtl.serialization import CHECKSUM_KEY, checksum, save_file
 
@@ -280,3 +280,24 @@ def test_loading_does_not_modify_the_file(model_file: Path, tmp_path: Path) -> N
     before = copy.read_bytes()
     load_model(copy)
     assert copy.read_bytes() == before
+
+
+def test_identity_head_can_read_the_embedding() -> None:
+    torch.manual_seed(0)
+    net = MultiTaskNet(ModelConfig(num_identities=7, identity_from="embedding", width=0.25)).eval()
+    x = torch.rand(3, 3, 64, 64) * 255
+    out = net(x)
+    assert out["identity"].shape == (3, 7)
+    with torch.no_grad():                                  # the logits follow the embedding head's weights
+        next(net.heads["embedding"].parameters()).mul_(-1.0)
+    assert not torch.allclose(net(x)["identity"], out["identity"])
+    assert set(MultiTaskNet(ModelConfig(tasks=["landmarks"], identity_from="embedding"))(x)) == {"landmarks"}
+    with pytest.raises(ConfigError, match="verification"):
+        ModelConfig(tasks=["identity"], num_identities=7, identity_from="embedding")
+
+
+def test_shipped_model_loads_with_its_calibrated_threshold() -> None:
+    model = load_model(weights_path("facemtl-deepid2.pt"))
+    assert model.config.trunk == "deepid2" and model.config.num_identities == 390
+    assert -1.0 < model.config.verification_threshold < 1.0
+    assert "val_accuracy" in model.meta["verification_threshold"]

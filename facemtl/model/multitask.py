@@ -68,8 +68,8 @@ class ModelConfig:
             raise ConfigError(f"input_size must be >= 32, got {self.input_size}")
         if self.identity_from not in ("features", "embedding"):
             raise ConfigError(f"identity_from must be 'features' or 'embedding', got {self.identity_from!r}")
-        if self.identity_from == "embedding" and not {"identity", "verification"} <= set(self.tasks):
-            raise ConfigError("identity_from = 'embedding' needs both the identity and verification tasks")
+        if self.identity_from == "embedding" and "identity" in self.tasks and "verification" not in self.tasks:
+            raise ConfigError("identity_from = 'embedding' needs the verification task (its embedding head)")
 
     @property
     def template(self) -> np.ndarray:
