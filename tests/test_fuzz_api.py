@@ -190,26 +190,26 @@ def landmark_arrays(draw: st.DrawFn) -> np.ndarray:
 # ---------------------------------------------------------------- arrays to each API
 
 
+def check_array_call(call: Callable[[], Any], x: np.ndarray, check: Callable[[Any], None]) -> None:
+    """A loadable array gives a result that passes ``check``; any other is an InvalidInputError."""
+    ok, result = outcome(call)
+    assert ok == loadable(x), f"{x.dtype} {x.shape}: {result}"
+    if ok:
+        check(result)
+    else:
+        assert isinstance(result, InvalidInputError)
+
+
 @FUZZ
 @given(x=image_arrays())
 def test_detect_arrays(detector: FaceDetector, x: np.ndarray) -> None:
-    ok, result = outcome(lambda: detector.detect(x))
-    assert ok == loadable(x), f"{x.dtype} {x.shape}: {result}"
-    if ok:
-        check_detections(result, 1)
-    else:
-        assert isinstance(result, InvalidInputError)
+    check_array_call(lambda: detector.detect(x), x, lambda r: check_detections(r, 1))
 
 
 @FUZZ
 @given(x=image_arrays())
 def test_analyze_arrays(analyzer: FaceAnalyzer, x: np.ndarray) -> None:
-    ok, result = outcome(lambda: analyzer.analyze(x))
-    assert ok == loadable(x), f"{x.dtype} {x.shape}: {result}"
-    if ok:
-        check_faces(result, 1, analyzer)
-    else:
-        assert isinstance(result, InvalidInputError)
+    check_array_call(lambda: analyzer.analyze(x), x, lambda r: check_faces(r, 1, analyzer))
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
