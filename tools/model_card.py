@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--evaluation", type=Path, required=True, help="evaluation.json of facemtl evaluate")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--wall", type=float, default=None, help="measured wall time of the whole run, seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the card's facts as JSON")
     parser.add_argument("--compare", type=Path, default=None,
                         help="an earlier run folder: its validation figures beside this run's at the same epoch")
     parser.add_argument("--compare-epoch", type=int, default=None, help="the epoch compared (default: the last both have)")
@@ -133,6 +134,13 @@ def main() -> None:
         "their biases.",
     ]
     args.out.write_text("\n".join(lines) + "\n")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "model": str(args.model), "model_id": model.model_id, "trunk": cfg["model"]["trunk"],
+            "data": "CelebA train, celeba_wild train, MTFL training.txt (../shared/data)",
+            "command": _command(cfg, meta), "epochs": cfg["train"]["epochs"], "steps": meta.get("steps"),
+            "wall_s": wall, "verification_threshold": model.config.verification_threshold,
+            "evaluation_command": f"facemtl evaluate {args.model} --out DIR", "evaluation": figures}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 
