@@ -3,14 +3,17 @@
 It only chains the stages: detect (MTCNN) -> align (five-point template at the model's input size) ->
 one batched forward pass of the shared multi-task network over the faces of all photos -> map the
 refined landmarks back into photo pixels. With ``flip=True`` each face is also run mirrored and the two
-predictions are averaged (embeddings re-normalised, landmark pairs swapped back).
+predictions are averaged (embeddings re-normalised, landmark pairs swapped back). With ``refine=n`` each
+face is re-aligned n times on the network's own landmarks (closer than the detector's) and landmarks,
+attributes and pose are read from the last pass; the embedding stays the one of the detector-aligned
+crop, the alignment identity training saw.
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +50,9 @@ class FaceAnalyzer:
 
     def __init__(self, detector: FaceDetector | str | os.PathLike[str] | None = None,
                  model: MultiTaskNet | str | os.PathLike[str] | None = None, device: str | torch.device = "auto",
-                 flip: bool = True, batch_size: int = 128, min_face: float = 20.0) -> None:
+                 flip: bool = True, batch_size: int = 128, min_face: float = 20.0, refine: int = 1) -> None:
+        if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
+            raise InvalidInputError(f"refine must be a whole number >= 0, got {refine!r}")
         self.device = resolve_device(device)
         if isinstance(detector, FaceDetector):
             self.detector = detector
@@ -58,6 +63,7 @@ class FaceAnalyzer:
         else:
             self.model = load_model(model if model is not None else weights_path(DEFAULT_MODEL), self.device)
         self.flip = flip
+        self.refine = int(refine)
         self.batch_size = batch_size
         self.input_size = self.model.config.input_size
         log.info("FaceAnalyzer on %s (model %s)", self.device, getattr(self.model, "model_id", "?"))
@@ -71,50 +77,66 @@ class FaceAnalyzer:
         """Calibrated verification threshold (cosine similarity) stored in the model file, if any."""
         return self.model.config.verification_threshold
 
-    def analyze(self, images: Any | Sequence[Any]) -> list[list[Face]]:
-        """Every face of one photo or many: always one list per photo (empty where no face is found)."""
+    def analyze(self, images: Any | Sequence[Any], refine: int | None = None) -> list[list[Face]]:
+        """Every face of one photo or many: always one list per photo (empty where no face is found).
+
+        ``refine`` overrides the analyzer's number of re-alignment passes for this call."""
         arrays = as_image_list(images)
         detections = self.detector.detect_arrays(arrays) if arrays else []
         per_photo = [[Detection(b, s, l) for b, s, l in zip(o.boxes.cpu().numpy(), o.scores.cpu().numpy(),
                                                              o.landmarks.cpu().numpy())] for o in detections]
-        return self.describe(arrays, per_photo)
+        return self.describe(arrays, per_photo, refine)
 
-    def describe(self, arrays: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]]) -> list[list[Face]]:
-        """Faces for given detections (e.g. from ``detect``): align, run the network once, map back."""
+    def describe(self, arrays: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]],
+                 refine: int | None = None) -> list[list[Face]]:
+        """Faces for given detections (e.g. from ``detect``): align, run the network, refine, map back."""
         if len(arrays) != len(detections):
             raise InvalidInputError("describe() needs one detection list per photo")
-        crops, matrices, owners = [], [], []
-        for k, (image, dets) in enumerate(zip(arrays, detections)):
-            if not dets:
-                continue
-            aligned = align(image, np.stack([d.landmarks5 for d in dets]), size=self.input_size)
-            crops.append(aligned.crops)
-            matrices.append(aligned.matrices)
-            owners += [k] * len(dets)
         faces: list[list[Face]] = [[] for _ in arrays]
-        if not crops:
+        owners = [k for k, dets in enumerate(detections) for _ in dets]
+        if not owners:
             return faces
-        all_crops, all_m = np.concatenate(crops), np.concatenate(matrices)
-        out = self.run_crops(all_crops)
-        inv = _invert(all_m)
-        refined = None if out.landmarks is None else np.einsum("nij,nkj->nki", inv[:, :, :2], out.landmarks) \
-            + inv[:, None, :, 2]
-        counters = [0] * len(arrays)
-        for n, k in enumerate(owners):
-            det = detections[k][counters[k]]
-            counters[k] += 1
+        flat = [d for dets in detections for d in dets]
+        crops, matrices = self._align(arrays, owners, np.stack([d.landmarks5 for d in flat]))
+        out, matrices = self.refined(lambda points: self._align(arrays, owners, points), self.run_crops(crops),
+                                     matrices, self.refine if refine is None else refine)
+        photo_points = None if out.landmarks is None else to_photo(matrices, out.landmarks)
+        for n, (k, det) in enumerate(zip(owners, flat)):
             face = Face.from_detection(det)
-            face.crop = all_crops[n]
+            face.crop = crops[n]
             if out.embedding is not None:
                 face.embedding = out.embedding[n]
-            if refined is not None:
-                face.landmarks = refined[n].astype(np.float32)
+            if photo_points is not None:
+                face.landmarks = photo_points[n].astype(np.float32)
             if out.attributes is not None:
                 face.attributes = dict(zip(self.model.config.attribute_names, map(float, out.attributes[n])))
             if out.pose is not None:
                 face.pose = dict(zip(self.model.config.pose_names, map(float, out.pose[n])))
             faces[k].append(face)
         return faces
+
+    def refined(self, realign: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], out: CropOutputs,
+                matrices: np.ndarray, passes: int) -> tuple[CropOutputs, np.ndarray]:
+        """Re-align ``passes`` times on the predicted landmarks (``realign`` maps (N,5,2) photo points to crops
+        and photo->crop matrices) and re-run; the embedding and identity stay those of the first pass."""
+        if out.landmarks is None:
+            return out, matrices
+        first = out
+        for _ in range(passes):
+            crops, matrices = realign(to_photo(matrices, out.landmarks))
+            out = self.run_crops(crops)
+        return replace(out, embedding=first.embedding, identity=first.identity), matrices
+
+    def _align(self, arrays: Sequence[np.ndarray], owners: Sequence[int],
+               points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned crops and photo->crop matrices of (N,5,2) landmark sets; ``owners`` (sorted) says whose photo."""
+        crops, matrices = [], []
+        ids, starts = np.unique(np.asarray(owners), return_index=True)
+        for k, lo, hi in zip(ids, starts, [*starts[1:], len(owners)]):
+            aligned = align(arrays[k], points[lo:hi], size=self.input_size)
+            crops.append(aligned.crops)
+            matrices.append(aligned.matrices)
+        return np.concatenate(crops), np.concatenate(matrices)
 
     @torch.inference_mode()
     def run_crops(self, crops: np.ndarray) -> CropOutputs:
@@ -141,9 +163,10 @@ class FaceAnalyzer:
         )
 
     def embed(self, images: Any | Sequence[Any]) -> list[np.ndarray | None]:
-        """Embedding of the largest face of each photo (None where no face is found)."""
+        """Embedding of the largest face of each photo (None where no face is found); no refinement passes,
+        since they leave the embedding unchanged."""
         out = []
-        for faces in self.analyze(images):
+        for faces in self.analyze(images, refine=0):
             if not faces:
                 out.append(None)
                 continue
@@ -178,7 +201,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _invert(m: np.ndarray) -> np.ndarray:
-    """Inverse of (N,2,3) affine matrices."""
-    lin = np.linalg.inv(m[:, :, :2])
-    return np.concatenate([lin, -(lin @ m[:, :, 2:])], axis=2)
+def to_photo(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map (N,5,2) crop pixels back into photo pixels through the inverse of each (2,3) photo->crop matrix."""
+    lin = np.linalg.inv(matrices[:, :, :2])
+    return np.einsum("nij,nkj->nki", lin, points - matrices[:, None, :, 2])

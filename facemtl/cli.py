@@ -28,11 +28,18 @@ def _device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
 
 
+def _refine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine", type=int, default=1, metavar="N",
+                   help="re-align each face N times on the network's own landmarks before reading landmarks, "
+                        "attributes and pose (default 1; 0 = detector alignment only)")
+
+
 def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="multi-task model file (default: the shipped one)")
     p.add_argument("--detector", type=Path, default=None, help="detector weights (default: the shipped MTCNN)")
     p.add_argument("--min-face", type=float, default=20.0, help="smallest face side in pixels (default 20)")
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
+    _refine(p)
     _device(p)
 
 
@@ -123,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", choices=("celeba", "wild", "mtfl"), default=["celeba", "wild", "mtfl"])
     p.add_argument("--cache", type=Path, default=None, help="detection cache folder")
     p.add_argument("--no-flip", action="store_true", help="do not average with the mirrored face")
+    _refine(p)
     _device(p)
     p.set_defaults(run=_command("evaluate", "run_evaluate"))
 

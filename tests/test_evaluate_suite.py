@@ -64,3 +64,16 @@ def test_memoised_crops_give_the_same_figures_as_fresh_ones(analyzer: FaceAnalyz
     again = evaluate_model(analyzer, data_dir, cache_dir=tmp_path, parts=["celeba", "mtfl"], limit=60)
     assert {k: id(v) for k, v in suite._CROP_MEMO.items()} == memo_ids          # reused, not rebuilt
     assert again == fresh
+
+
+def test_refinement_brings_the_shipped_models_landmarks_closer(data_dir: Path, tmp_path: Path) -> None:
+    """Re-aligning on the network's own landmarks (the default, one pass) beats detector alignment alone on
+    the first 300 MTFL test faces (measured: 9.55% -> 9.06% NME, failures 26.3% -> 22.3%)."""
+    figures = {}
+    for passes in (0, 1):
+        analyzer = FaceAnalyzer(device="cpu", refine=passes)
+        results = evaluate_model(analyzer, data_dir, cache_dir=tmp_path, parts=["mtfl"], limit=300)
+        assert results["refine_passes"] == passes
+        figures[passes] = headline(results)
+    assert figures[1]["mtfl_nme_%"] < figures[0]["mtfl_nme_%"] - 0.2
+    assert figures[1]["mtfl_failure_%"] < figures[0]["mtfl_failure_%"]

@@ -10,7 +10,7 @@ from ..evaluate.suite import evaluate_model, headline
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    analyzer = FaceAnalyzer(model=args.model, device=args.device, flip=not args.no_flip)
+    analyzer = FaceAnalyzer(model=args.model, device=args.device, flip=not args.no_flip, refine=args.refine)
     root = Path(args.data) if args.data else data_root()
     results = evaluate_model(analyzer, root, args.cache, args.parts, args.out)
     print(f"model {results['model']} ({args.model})")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..align import align
-from ..analyzer import CropOutputs, FaceAnalyzer
+from ..analyzer import CropOutputs, FaceAnalyzer, to_photo
 from ..data.celeba import read_celeba
 from ..data.folders import read_person_folders
 from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir, largest
@@ -45,8 +45,9 @@ costs only the networks, not decoding and warping thousands of photos again."""
 
 
 def _aligned_crops(paths: Sequence[Path], chosen: Sequence[CachedFace | None], fallback_rel: np.ndarray | None,
-                   size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crops (N,S,S,3), photo->crop matrices and the no-face mask of one evaluation set (memoised)."""
+                   size: int, memo: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crops (N,S,S,3), photo->crop matrices and the no-face mask of one evaluation set (memoised unless
+    ``memo`` is off: crops aligned on one model's predictions are of no use to the next model)."""
     digest = hashlib.sha256(f"{size}|{fallback_rel!r}".encode())
     for path, face in zip(paths, chosen):
         digest.update(str(path).encode())
@@ -68,6 +69,8 @@ def _aligned_crops(paths: Sequence[Path], chosen: Sequence[CachedFace | None], f
         matrices.append(aligned.matrices[0])
         missing.append(face is None)
     result = (np.stack(crops), np.stack(matrices), np.array(missing))
+    if not memo:
+        return result
     while len(_CROP_MEMO) >= CROP_MEMO_SIZE:
         _CROP_MEMO.pop(next(iter(_CROP_MEMO)))
     _CROP_MEMO[key] = result
@@ -75,13 +78,21 @@ def _aligned_crops(paths: Sequence[Path], chosen: Sequence[CachedFace | None], f
 
 
 def _faces_to_crops(analyzer: FaceAnalyzer, paths: Sequence[Path], chosen: Sequence[CachedFace | None],
-                    fallback_rel: np.ndarray | None) -> tuple[CropOutputs, np.ndarray, np.ndarray]:
-    """Align each photo's chosen face (or the fallback) and run the network on all crops at once.
+                    fallback_rel: np.ndarray | None, refine: bool = True) -> tuple[CropOutputs, np.ndarray, np.ndarray]:
+    """Align each photo's chosen face (or the fallback), run the network on all crops at once and, with
+    ``refine``, re-align on its landmarks ``analyzer.refine`` times, as ``FaceAnalyzer.analyze`` does.
 
     Returns the outputs, the photo->crop matrices and a mask of photos that had no usable face.
     """
     crops, matrices, missing = _aligned_crops(paths, chosen, fallback_rel, analyzer.input_size)
-    return analyzer.run_crops(crops), matrices, missing
+
+    def realign(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        moved = [None if miss and fallback_rel is None else CachedFace(np.zeros(4), 0.0, pts)
+                 for pts, miss in zip(points.astype(np.float32), missing)]
+        return _aligned_crops(paths, moved, fallback_rel, analyzer.input_size, memo=False)[:2]
+
+    out, matrices = analyzer.refined(realign, analyzer.run_crops(crops), matrices, analyzer.refine if refine else 0)
+    return out, matrices, missing
 
 
 def _mean_relative(paths: Sequence[Path], chosen: Sequence[CachedFace | None]) -> np.ndarray:
@@ -93,12 +104,6 @@ def _mean_relative(paths: Sequence[Path], chosen: Sequence[CachedFace | None]) -
             with Image.open(p) as im:
                 rel.append(f.landmarks / np.array(im.size, np.float32))
     return np.mean(rel, axis=0)
-
-
-def _to_photo(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map (N,5,2) crop pixels back into photo pixels through the inverse of each (2,3) matrix."""
-    lin = np.linalg.inv(matrices[:, :, :2])
-    return np.einsum("nij,nkj->nki", lin, points - matrices[:, None, :, 2])
 
 
 def _pick_annotated(faces: list[CachedFace] | None, gt: np.ndarray) -> CachedFace | None:
@@ -143,7 +148,7 @@ def evaluate_wild(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | 
         return {"photos": len(paths)}
     found = cached_detections(paths, cache / "eval-wild-test.json", analyzer.detector)
     chosen = [None if found[p] is None else largest(found[p]) for p in paths]
-    out, _, missing = _faces_to_crops(analyzer, paths, chosen, None)
+    out, _, missing = _faces_to_crops(analyzer, paths, chosen, None, refine=False)
     people = np.array([p.person for p in photos])
     a, b, same, fold = make_identity_pairs(people, seed=1)
     scores = cosine_scores(out.embedding[a], out.embedding[b])
@@ -165,7 +170,7 @@ def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | 
     gt = np.stack([f.landmarks for f in faces])
     result: dict[str, Any] = {"faces": len(faces), "detector_misses": int(missing.sum())}
     if out.landmarks is not None:
-        pred = _to_photo(matrices, out.landmarks)
+        pred = to_photo(matrices, out.landmarks)
         errors = landmark_errors(pred, gt)
         lm = landmark_metrics(landmark_point_errors(pred, gt))
         result["landmarks"] = lm.to_dict()
@@ -195,7 +200,8 @@ def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl}
-    results: dict[str, Any] = {"model": analyzer.model_id, "flip_averaging": analyzer.flip}
+    results: dict[str, Any] = {"model": analyzer.model_id, "flip_averaging": analyzer.flip,
+                               "refine_passes": analyzer.refine}
     for part in parts:
         results[part] = runners[part](analyzer, Path(root), cache, limit)
     if out_dir is not None:
