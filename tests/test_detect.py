@@ -146,6 +146,25 @@ def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone() -> None:
     assert PNET_CELL == 12 and Cascade and CascadeConfig
 
 
+@pytest.mark.parametrize("height,width", [(200, 300), (51, 77), (12, 12), (40, 13)])
+def test_channels_last_fast_paths_equal_the_plain_layers(height: int, width: int) -> None:
+    """P-Net's and R-Net's channels-last routes (tiled PReLU, sparse outside fill, pooling on views, one
+    matmul for both 1x1 heads) give the plain NCHW layers' outputs, even and odd sides alike."""
+    nets = {k: fold_input_scaling(v).eval() for k, v in load_detector_nets().items()}
+    rng = torch.Generator().manual_seed(height * width)
+    x = torch.rand(1, 3, height, width, generator=rng) * 255
+    outside = torch.rand(height - 2, width - 2, generator=rng) < 0.05
+    with torch.no_grad():
+        plain = nets["pnet"](x, outside.clone())
+        fast = nets["pnet"](x.contiguous(memory_format=torch.channels_last), outside)
+        crops = torch.rand(37, 3, 24, 24, generator=rng) * 255
+        plain_r = nets["rnet"](crops)
+        fast_r = nets["rnet"](crops.contiguous(memory_format=torch.channels_last))
+    for a, b in zip((*plain, *plain_r), (*fast, *fast_r)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+
+
 def _greedy_min_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, t: float) -> list[int]:
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
