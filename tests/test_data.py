@@ -438,3 +438,18 @@ def test_table_subset_and_save_load(table: FaceTable, tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(back, name), getattr(table, name))
     np.testing.assert_array_equal(back.landmarks, table.landmarks)  # NaN rows compare equal here
     assert back.identity_names == table.identity_names
+
+
+def test_data_root_falls_back_to_shared_data_beside_the_working_directory(tmp_path, monkeypatch) -> None:
+    """An installed package has no checkout beside it: ../shared/data is then looked up from the working dir."""
+    import facemtl.data as data
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "project").mkdir()
+    monkeypatch.delenv("FACEMTL_DATA", raising=False)
+    monkeypatch.setattr(data, "_CHECKOUT_ROOT", tmp_path / "site" / "packages")
+    monkeypatch.chdir(tmp_path / "project")
+    assert data.data_root() == (tmp_path / "project").parent / "shared" / "data"
+    monkeypatch.chdir(tmp_path)
+    assert data.data_root() == tmp_path / "site" / "shared" / "data"     # none exists: the checkout's, named in errors
+    monkeypatch.setenv("FACEMTL_DATA", str(tmp_path / "elsewhere"))
+    assert data.data_root() == tmp_path / "elsewhere"
