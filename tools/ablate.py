@@ -110,12 +110,12 @@ def crop_ms(model_path: Path, size: int, batch: int, repeats: int = 15) -> float
     return 1000.0 * float(np.median(times)) / batch
 
 
-def evaluate_run(model_path: Path, out: Path) -> dict[str, float]:
+def evaluate_run(model_path: Path, out: Path, refine: int = 0) -> dict[str, float]:
     """Headline figures (+ size and speed, + final validation pose accuracy) of one trained run."""
     cached = out / "figures.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    analyzer = FaceAnalyzer(model=model_path, device="cpu")
+    analyzer = FaceAnalyzer(model=model_path, device="cpu", refine=refine)
     figures = headline(evaluate_model(analyzer, data_root(), out_dir=out / "eval"))
     size = analyzer.model.config.input_size
     figures["params_M"] = sum(p.numel() for p in analyzer.model.parameters()) / 1e6
@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--gradient", action="store_true", help="also hard sharing + PCGrad")
     parser.add_argument("--affinity", action="store_true", help="also every pair of tasks (task affinity)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants (names as listed)")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="re-alignment passes in the evaluation (default 0: detector alignment, as the README's table)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
@@ -181,7 +183,7 @@ def main() -> None:
             continue
         out = args.out / name.replace(" + ", "+").replace(" ", "_")
         model = train_run(name, args.config, out, extra, args.steps, args.epochs, args.seed)
-        rows[name] = evaluate_run(model, out)
+        rows[name] = evaluate_run(model, out, args.refine)
         print(f"[{name}] " + ", ".join(f"{k} {v:.2f}" for k, v in rows[name].items()), flush=True)
     report = [f"Ablation: {args.steps} steps per run ({args.epochs} epochs), seed {args.seed}, base config "
               f"{args.config.name}; command: python tools/ablate.py"
