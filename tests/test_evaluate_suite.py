@@ -36,6 +36,7 @@ def test_evaluation_writes_every_figure_and_plot(analyzer: FaceAnalyzer, data_di
     # an untrained network is near chance; the detector alone already places landmarks sensibly
     assert 40 <= figures["celeba_verif_%"] <= 75
     assert results["mtfl"]["detector_landmarks_nme_percent"] < 20
+    assert np.isfinite(results["mtfl"]["landmarks_annotated_alignment"]["mean_nme_percent"])
 
 
 def test_detections_are_cached_and_reused(analyzer: FaceAnalyzer, data_dir: Path, tmp_path: Path) -> None:
