@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ._resources import weights_path
-from .align import align
+from .align import align, template
 from .detect.detector import FaceDetector, as_image_list
 from .device import resolve_device
 from .errors import InvalidInputError
@@ -118,12 +118,19 @@ class FaceAnalyzer:
     def refined(self, realign: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], out: CropOutputs,
                 matrices: np.ndarray, passes: int) -> tuple[CropOutputs, np.ndarray]:
         """Re-align ``passes`` times on the predicted landmarks (``realign`` maps (N,5,2) photo points to crops
-        and photo->crop matrices) and re-run; the embedding and identity stay those of the first pass."""
+        and photo->crop matrices) and re-run; the embedding and identity stay those of the first pass.
+
+        A face whose prediction cannot be aligned on (not finite, or all points within a pixel) keeps its
+        previous alignment, so one odd face never stops the batch."""
         if out.landmarks is None:
             return out, matrices
         first = out
         for _ in range(passes):
-            crops, matrices = realign(to_photo(matrices, out.landmarks))
+            points = to_photo(matrices, out.landmarks)
+            bad = ~np.isfinite(points).all(axis=(1, 2))
+            bad |= np.nan_to_num(points).std(axis=1).max(axis=1) < 1.0
+            points[bad] = to_photo(matrices[bad], np.broadcast_to(template(self.input_size), (int(bad.sum()), 5, 2)))
+            crops, matrices = realign(points)
             out = self.run_crops(crops)
         return replace(out, embedding=first.embedding, identity=first.identity), matrices
 

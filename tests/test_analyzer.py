@@ -38,3 +38,32 @@ def test_more_passes_stay_on_the_face(analyzer: FaceAnalyzer) -> None:
 def test_refine_must_be_a_whole_number(passes: object) -> None:
     with pytest.raises(InvalidInputError, match="refine"):
         FaceAnalyzer(device="cpu", refine=passes)  # type: ignore[arg-type]
+
+
+def test_a_face_whose_prediction_cannot_be_aligned_on_keeps_its_alignment(analyzer: FaceAnalyzer) -> None:
+    """NaN or collapsed landmark predictions (a broken model, an odd crop) leave that face's alignment as it
+    was instead of stopping the whole batch; the other faces are refined as usual."""
+    from facemtl.analyzer import CropOutputs
+    from facemtl.io import load_image
+    image = load_image(sample_photo())
+    faces = analyzer.analyze(image, refine=0)[0]
+    base = np.stack([faces[0].landmarks5] * 3)
+    crops, matrices = analyzer._align([image], [0, 0, 0], base)
+    out = analyzer.run_crops(crops)
+    broken = out.landmarks.copy()
+    broken[1] = np.nan
+    broken[2] = broken[2].mean(axis=0)
+    seen = []
+
+    def realign(points: np.ndarray):
+        seen.append(points.copy())
+        return analyzer._align([image], [0, 0, 0], points)
+
+    analyzer.refined(realign, CropOutputs(landmarks=broken), matrices, passes=1)
+    from facemtl.analyzer import to_photo
+    from facemtl.align import template
+    kept = to_photo(matrices[1:], np.broadcast_to(template(analyzer.input_size), (2, 5, 2)))
+    np.testing.assert_allclose(seen[0][1:], kept)
+    np.testing.assert_allclose(seen[0][0], to_photo(matrices[:1], out.landmarks[:1])[0])
+    again = analyzer._align([image], [0], seen[0][1:2])[1]
+    np.testing.assert_allclose(again, matrices[1:2], atol=1e-4)    # the same alignment as before
