@@ -349,6 +349,18 @@ def test_enroll_identify(tmp_path, capsys, photos, models):
     assert "model" in err and "re-enroll" in err
 
 
+def test_bench_times_each_stage_and_skips_bad_files(capsys, photos, models):
+    code, out, err = cli(capsys, "bench", photos["astronaut.png"], photos["gray.png"], photos["notes.jpg"],
+                         "--model", models["tiny"])
+    assert code == 0, err
+    assert "notes.jpg" in err and "skipped" in err
+    assert re.fullmatch(r"2 photos, 1 faces, \d+ torch threads", out.splitlines()[0])
+    times = {label: float(ms) for label, ms in re.findall(r"^\s+(.+?)\s+([\d.]+) ms/photo", out, re.MULTILINE)}
+    assert set(times) == {"detection only", "detect+align+CNN", "+ 1 refinement pass(es)"}
+    assert all(t > 0 for t in times.values())
+    assert re.search(r"shared CNN alone\s+\d+ faces/s at batch 64 \(\d+ with mirror averaging\)", out)
+
+
 # ------------------------------------------------------------------------------------------------ export
 
 def test_export_tiny_model(tmp_path, capsys, models):
