@@ -51,8 +51,6 @@ class FaceAnalyzer:
     def __init__(self, detector: FaceDetector | str | os.PathLike[str] | None = None,
                  model: MultiTaskNet | str | os.PathLike[str] | None = None, device: str | torch.device = "auto",
                  flip: bool = True, batch_size: int = 128, min_face: float = 20.0, refine: int = 1) -> None:
-        if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
-            raise InvalidInputError(f"refine must be a whole number >= 0, got {refine!r}")
         self.device = resolve_device(device)
         if isinstance(detector, FaceDetector):
             self.detector = detector
@@ -63,7 +61,7 @@ class FaceAnalyzer:
         else:
             self.model = load_model(model if model is not None else weights_path(DEFAULT_MODEL), self.device)
         self.flip = flip
-        self.refine = int(refine)
+        self.refine = _passes(refine)
         self.batch_size = batch_size
         self.input_size = self.model.config.input_size
         log.info("FaceAnalyzer on %s (model %s)", self.device, getattr(self.model, "model_id", "?"))
@@ -81,6 +79,7 @@ class FaceAnalyzer:
         """Every face of one photo or many: always one list per photo (empty where no face is found).
 
         ``refine`` overrides the analyzer's number of re-alignment passes for this call."""
+        refine = None if refine is None else _passes(refine)
         arrays = as_image_list(images)
         detections = self.detector.detect_arrays(arrays) if arrays else []
         per_photo = [[Detection(b, s, l) for b, s, l in zip(o.boxes.cpu().numpy(), o.scores.cpu().numpy(),
@@ -99,7 +98,7 @@ class FaceAnalyzer:
         flat = [d for dets in detections for d in dets]
         crops, matrices = self._align(arrays, owners, np.stack([d.landmarks5 for d in flat]))
         out, matrices = self.refined(lambda points: self._align(arrays, owners, points), self.run_crops(crops),
-                                     matrices, self.refine if refine is None else refine)
+                                     matrices, self.refine if refine is None else _passes(refine))
         photo_points = None if out.landmarks is None else to_photo(matrices, out.landmarks)
         for n, (k, det) in enumerate(zip(owners, flat)):
             face = Face.from_detection(det)
@@ -206,6 +205,13 @@ def _average_flip(out: dict[str, torch.Tensor], flipped: dict[str, torch.Tensor]
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _passes(refine: Any) -> int:
+    """A number of refinement passes, checked."""
+    if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
+        raise InvalidInputError(f"refine must be a whole number >= 0, got {refine!r}")
+    return int(refine)
 
 
 def to_photo(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -35,9 +35,11 @@ def test_more_passes_stay_on_the_face(analyzer: FaceAnalyzer) -> None:
 
 
 @pytest.mark.parametrize("passes", [-1, 1.5, True, "2"])
-def test_refine_must_be_a_whole_number(passes: object) -> None:
+def test_refine_must_be_a_whole_number(passes: object, analyzer: FaceAnalyzer) -> None:
     with pytest.raises(InvalidInputError, match="refine"):
         FaceAnalyzer(device="cpu", refine=passes)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="refine"):
+        analyzer.analyze(sample_photo(), refine=passes)  # type: ignore[arg-type]
 
 
 def test_a_face_whose_prediction_cannot_be_aligned_on_keeps_its_alignment(analyzer: FaceAnalyzer) -> None:
