@@ -57,6 +57,7 @@ def main() -> None:
     rows = list(csv.DictReader(open(args.run / "log.csv")))
     ev = json.loads(args.evaluation.read_text())
     figures = headline(ev)
+    unrefined = None if args.unrefined is None else headline(json.loads(args.unrefined.read_text()))
     meta = model.meta
     wall = args.wall if args.wall is not None else float(meta.get("wall_s", 0.0))
     views = 2 if cfg["data"]["mtfl_verification"] == "views" else 1     # as the trainer's batch plan
@@ -112,8 +113,9 @@ def main() -> None:
         mark = "" if bar is None else f"{bar[0]} {bar[1]}: " + (
             "met" if eval(f"{value} {bar[0]} {bar[1]}") else "NOT met")
         lines.append(f"| {LABELS.get(key, key)} | {value:.2f} | {mark} |")
-    if args.unrefined is not None:
-        lines += ["", *_refinement(figures, json.loads(args.unrefined.read_text()), args.model)]
+    if unrefined is not None:
+        detector_nme = ev.get("mtfl", {}).get("detector_landmarks_nme_percent", float("nan"))
+        lines += ["", *_refinement(figures, unrefined, args.model, detector_nme)]
     if args.compare is not None:
         lines += ["", *_comparison(args.run, args.compare, args.compare_epoch)]
     celeba, wild, mtfl = ev.get("celeba", {}), ev.get("wild", {}), ev.get("mtfl", {})
@@ -153,7 +155,7 @@ def main() -> None:
             "wall_s": wall, "verification_threshold": model.config.verification_threshold,
             "evaluation_command": f"facemtl evaluate {args.model} --out DIR", "evaluation": figures,
             "refine_passes": ev.get("refine_passes", 0),
-            "evaluation_refine_0": None if args.unrefined is None else headline(json.loads(args.unrefined.read_text())),
+            "evaluation_refine_0": unrefined,
             }, indent=1) + "\n")
     print(f"wrote {args.out}")
 
@@ -178,12 +180,11 @@ def _command(cfg: dict[str, Any], meta: dict[str, str]) -> str:
     return ", ".join(parts) + " (the cosine learning rate follows the new length from the change on)"
 
 
-def _refinement(figures: dict[str, float], unrefined: dict[str, Any], model: Path) -> list[str]:
+def _refinement(figures: dict[str, float], before: dict[str, float], model: Path, detector_nme: float) -> list[str]:
     """The figures with and without re-alignment on the CNN's landmarks, where they differ."""
-    before = headline(unrefined)
     lines = ["## What re-alignment adds", "",
-             "MTFL training crops are aligned on the annotated landmarks, test crops on the detector's (12.6% NME "
-             "on MTFL test): re-aligning each test face on the CNN's own landmarks brings the crop closer to what "
+             f"MTFL training crops are aligned on the annotated landmarks, test crops on the detector's ({detector_nme:.1f}% "
+             "NME on MTFL test): re-aligning each test face on the CNN's own landmarks brings the crop closer to what "
              f"training saw. Against `facemtl evaluate {model} --refine 0` (detector alignment only):", "",
              "| figure | --refine 0 | default | change |", "|---|---:|---:|---:|"]
     for key, value in figures.items():

@@ -36,12 +36,12 @@ def _fill_outside(x: torch.Tensor, outside: torch.Tensor) -> None:
     x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).index_fill_(0, where, -1e30)
 
 
-def _max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """2x2 stride-2 max-pool with ceil mode; on channels-last input with even sides as two elementwise
+def _max_pool_2x2(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+    """``pool`` (2x2, stride 2, ceil mode); on channels-last input with even sides as two elementwise
     maxima over views (rows in pairs, then column pairs, which lie side by side in memory)."""
     n, c, h, w = x.shape
     if not _is_channels_last(x) or h % 2 or w % 2:
-        return F.max_pool2d(x, 2, 2, ceil_mode=True)
+        return pool(x)
     pairs = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2 * c)
     rows = torch.maximum(pairs[:, :, 0], pairs[:, :, 1])
     return torch.maximum(rows[..., :c], rows[..., c:]).permute(0, 3, 1, 2)
@@ -71,7 +71,7 @@ class PNet(nn.Module):
         x = _prelu(self.conv1(x), self.prelu1.weight)
         if outside is not None:
             _fill_outside(x, outside)
-        x = _max_pool_2x2(x)
+        x = _max_pool_2x2(x, self.pool1)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         if not _is_channels_last(x):

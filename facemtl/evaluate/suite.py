@@ -196,9 +196,9 @@ def _annotated_alignment(analyzer: FaceAnalyzer, faces: Sequence[Any], gt: np.nd
     a perfect alignment would give; the gap to the real figure is the alignment's share of the error."""
     chosen = [CachedFace(np.zeros(4), 0.0, f.landmarks.astype(np.float32)) for f in faces]
     crops, matrices, _ = _aligned_crops([f.path for f in faces], chosen, None, analyzer.input_size, memo=False)
-    out = analyzer.run_crops(crops)
-    errors = landmark_errors(to_photo(matrices, out.landmarks), gt)
-    return {"mean_nme_percent": 100.0 * float(errors.mean()), "failure_rate_percent": 100.0 * float((errors > 0.10).mean())}
+    pred = to_photo(matrices, analyzer.run_crops(crops).landmarks)
+    return {"mean_nme_percent": 100.0 * float(landmark_errors(pred, gt).mean()),
+            "failure_rate_percent": 100.0 * landmark_metrics(landmark_point_errors(pred, gt)).failure_rate}
 
 
 def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = None,
