@@ -14,7 +14,6 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

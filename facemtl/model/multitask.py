@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -56,6 +56,15 @@ class TrainingError(FacemtlError):
     """Training cannot go on (e.g. the loss stayed NaN for too many steps)."""
 
 
+def table_specs(cfg: RunConfig) -> dict[str, TableSpec | None]:
+    """The crop tables a run trains ("train") and validates ("val", CelebA val; None without CelebA) on."""
+    d, m = cfg.data, cfg.model
+    root = d.root or str(data_root())
+    return {"train": TableSpec(root, "train" if d.celeba else None, "train" if d.wild else None,
+                               "training" if d.mtfl else None, m.input_size, d.padding, d.limit),
+            "val": TableSpec(root, "val", None, None, m.input_size, d.padding, d.limit) if d.celeba else None}
+
+
 def sample_seed(seed: int, epoch: int, step: int, slot: int) -> int:
     """The augmentation seed of one sample of one batch: a pure function of its position in the run."""
     return int(np.random.SeedSequence([seed, epoch, step, slot]).generate_state(1)[0])
@@ -131,16 +140,13 @@ class Trainer:
 
     def _setup_data(self) -> None:
         d, m = self.cfg.data, self.cfg.model
-        root = d.root or str(data_root())
         cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
-        spec = TableSpec(root, "train" if d.celeba else None, "train" if d.wild else None,
-                         "training" if d.mtfl else None, m.input_size, d.padding, d.limit)
-        val_spec = TableSpec(root, "val", None, None, m.input_size, d.padding, d.limit)
+        specs = table_specs(self.cfg)
         tables = {}
         for turn in ("main", "others"):  # rank 0 builds the caches, the others then read them
             if (turn == "main") == self.main:
-                tables = {"train": build_table(spec, cache, progress=self.main),
-                          "val": build_table(val_spec, cache, progress=self.main) if d.celeba else None}
+                tables = {name: build_table(spec, cache, progress=self.main) if spec else None
+                          for name, spec in specs.items()}
             self._barrier()
         full = tables["train"]
         train_idx, holdout = _split(full, d.mtfl_val_fraction, d.identity_val_per_id, self.cfg.train.seed)
