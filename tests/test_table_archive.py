@@ -2,6 +2,8 @@
 looks for, with exact labels and crops within WebP error."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from facemtl.data.table_archive import pack_table, unpack_table
 from facemtl.errors import FacemtlError
 from facemtl.train.config import RunConfig
 from facemtl.train.trainer import table_specs
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "deepid2.toml"
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +62,26 @@ def test_bad_archive_and_quality_are_refused(mtfl_table: tuple[FaceTable, TableS
     with pytest.raises(ValueError, match="quality"):
         pack_table(table, spec, tmp_path / "t.npz", quality=0)
     assert not (tmp_path / "t.npz").exists()
+
+
+def test_training_runs_from_unpacked_tables_without_the_photos(data_dir: Path, tmp_path: Path) -> None:
+    """Pack a tiny run's tables here, unpack them under an empty data root, and train there."""
+    cfg = RunConfig()
+    cfg.data = replace(cfg.data, root=str(data_dir), limit=60)
+    for name, spec in table_specs(cfg).items():
+        pack_table(build_table(spec, tmp_path / "here", progress=False), spec, tmp_path / f"{name}.npz")
+    empty = tmp_path / "no-photos"
+    empty.mkdir()
+    for name in ("train", "val"):
+        unpack_table(tmp_path / f"{name}.npz", str(empty), tmp_path / "there")
+    overrides = [
+        "data.limit=60", f"data.root={empty}", f"data.cache_dir={tmp_path / 'there'}", f"out_dir={tmp_path / 'run'}",
+        "train.epochs=1", "train.steps_per_epoch=2", "train.identities_per_batch=4", "train.images_per_identity=2",
+        "train.others_per_batch=4", "train.num_workers=0", "train.threads=1", "train.grad_cosine_batches=0"]
+    cmd = [sys.executable, "-m", "facemtl.cli", "train", "--config", str(CONFIG)]
+    for item in overrides:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert not any(empty.iterdir())
