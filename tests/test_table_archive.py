@@ -12,7 +12,7 @@ import pytest
 
 from facemtl.data.mixed import FaceTable, TableSpec, build_table
 from facemtl.data.table_archive import pack_table, unpack_table
-from facemtl.errors import FacemtlError
+from facemtl.errors import FacemtlError, OutputExistsError
 from facemtl.train.config import RunConfig
 from facemtl.train.trainer import table_specs
 
@@ -40,6 +40,11 @@ def test_round_trip_under_another_root(mtfl_table: tuple[FaceTable, TableSpec], 
     assert back.crops.shape == table.crops.shape and back.crops.dtype == np.uint8
     mse = np.mean((back.crops.astype(np.float64) - table.crops) ** 2)
     assert 10 * np.log10(255 ** 2 / mse) > 33
+    before = out.stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match="exists"):
+        unpack_table(tmp_path / "t.npz", "/elsewhere/data", tmp_path / "cache")
+    assert out.stat().st_mtime_ns == before
+    assert unpack_table(tmp_path / "t.npz", "/elsewhere/data", tmp_path / "cache", force=True) == out
 
 
 def test_unpacked_table_is_the_one_training_looks_for(mtfl_table: tuple[FaceTable, TableSpec],

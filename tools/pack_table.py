@@ -20,6 +20,7 @@ from pathlib import Path
 from facemtl.data.landmark_cache import default_cache_dir
 from facemtl.data.mixed import build_table
 from facemtl.data.table_archive import pack_table, unpack_table
+from facemtl.errors import FacemtlError
 from facemtl.train.config import load_config
 from facemtl.train.trainer import table_specs
 
@@ -42,7 +43,7 @@ def pack(args: argparse.Namespace) -> None:
 def unpack(args: argparse.Namespace) -> None:
     """Decode each archive into the cache folder as the table its spec has under ``--root``."""
     for path in args.archives:
-        print(f"{path} -> {unpack_table(path, args.root, args.cache)}")
+        print(f"{path} -> {unpack_table(path, args.root, args.cache, args.force)}")
 
 
 def main() -> None:
@@ -58,9 +59,13 @@ def main() -> None:
     u.add_argument("archives", type=Path, nargs="+")
     u.add_argument("--root", required=True, help="the data root training will be given (data.root)")
     u.add_argument("--cache", type=Path, default=default_cache_dir())
+    u.add_argument("--force", action="store_true", help="replace tables already in the cache")
     u.set_defaults(run=unpack)
     args = parser.parse_args()
-    args.run(args)
+    try:
+        args.run(args)
+    except FacemtlError as exc:
+        raise SystemExit(f"pack_table: {exc}") from None
 
 
 if __name__ == "__main__":

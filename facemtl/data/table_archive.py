@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import FacemtlError
+from ..errors import FacemtlError, OutputExistsError
 from ..serialization import atomic_write_bytes
 from .mixed import FaceTable, TableSpec
 
@@ -43,14 +43,20 @@ def pack_table(table: FaceTable, spec: TableSpec, path: Path, quality: int = 85)
     return Path(path).stat().st_size
 
 
-def unpack_table(path: Path, root: str, cache_dir: Path) -> Path:
-    """Decode an archive from :func:`pack_table` into ``cache_dir`` as the table of its spec under ``root``."""
+def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) -> Path:
+    """Decode an archive from :func:`pack_table` into ``cache_dir`` as the table of its spec under ``root``.
+
+    An existing table there (perhaps the exact one, built from the photos) is kept unless ``force``.
+    """
     try:
         z = np.load(path, allow_pickle=False)
         spec = replace(TableSpec(root), **json.loads(str(z["spec"])))
         encoded, offsets, shape = z["encoded"], z["offsets"], tuple(int(s) for s in z["crop_shape"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FacemtlError(f"{path}: not a facemtl table archive ({exc})") from exc
+    out = Path(cache_dir) / f"table-{spec.key()}.npz"
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} exists (pass force to replace it with the archive's table)")
     crops = np.empty((len(offsets) - 1, *shape), np.uint8)
     for i in range(len(crops)):
         img = cv2.imdecode(encoded[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
@@ -58,6 +64,5 @@ def unpack_table(path: Path, root: str, cache_dir: Path) -> Path:
             raise FacemtlError(f"{path}: crop {i} does not decode to {shape}")
         crops[i] = img[..., ::-1]
     table = FaceTable(crops, *(z[k] for k in _LABELS), z["files"], [str(s) for s in z["identity_names"]])
-    out = Path(cache_dir) / f"table-{spec.key()}.npz"
     table.save(out)
     return out
