@@ -62,8 +62,12 @@ def test_unpacked_table_is_the_one_training_looks_for(mtfl_table: tuple[FaceTabl
 def test_bad_archive_and_quality_are_refused(mtfl_table: tuple[FaceTable, TableSpec], tmp_path: Path) -> None:
     table, spec = mtfl_table
     (tmp_path / "junk.npz").write_bytes(b"not an archive")
-    with pytest.raises(FacemtlError, match="junk.npz"):
-        unpack_table(tmp_path / "junk.npz", "/r", tmp_path / "cache")
+    pack_table(table, spec, tmp_path / "good.npz")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:5000])
+    np.savez(tmp_path / "other.npz", crops=table.crops[:2])
+    for name in ("junk.npz", "cut.npz", "other.npz"):
+        with pytest.raises(FacemtlError, match=name):
+            unpack_table(tmp_path / name, "/r", tmp_path / "cache")
     with pytest.raises(ValueError, match="quality"):
         pack_table(table, spec, tmp_path / "t.npz", quality=0)
     assert not (tmp_path / "t.npz").exists()

@@ -1,14 +1,15 @@
 """Carry a cached crop table to a machine that lacks the raw data (a GPU server, say).
 
 A table's crops (uint8, 27 KB each at 96 px) are stored as WebP, about 2.2 KB each at quality 85 (37 dB
-PSNR, as JPEG at quality 90 with 3.8 KB), and every label column exactly. Unpacking writes the table into a cache folder under the key its spec has on
-the target machine (the key includes the data root), so ``facemtl train`` finds it there and never needs the
-photos.
+PSNR, as JPEG at quality 90 with 3.8 KB), and every label column exactly. Unpacking writes the table into a
+cache folder under the key its spec has on the target machine (the key includes the data root), so
+``facemtl train`` finds it there and never needs the photos.
 """
 from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -35,10 +36,11 @@ def pack_table(table: FaceTable, spec: TableSpec, path: Path, quality: int = 85)
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
     meta = {k: v for k, v in asdict(spec).items() if k != "root"}
     out = io.BytesIO()
-    np.savez_compressed(out, encoded=np.concatenate(blobs) if blobs else np.zeros(0, np.uint8), offsets=offsets,
-             crop_shape=np.array(table.crops.shape[1:]), spec=np.array(json.dumps(meta, sort_keys=True)),
-             files=table.files.astype(str), identity_names=np.array(table.identity_names, dtype=str),
-             **{k: getattr(table, k) for k in _LABELS})
+    np.savez_compressed(out, encoded=np.concatenate(blobs) if blobs else np.zeros(0, np.uint8),
+                        offsets=offsets, crop_shape=np.array(table.crops.shape[1:]),
+                        spec=np.array(json.dumps(meta, sort_keys=True)), files=table.files.astype(str),
+                        identity_names=np.array(table.identity_names, dtype=str),
+                        **{k: getattr(table, k) for k in _LABELS})
     atomic_write_bytes(path, out.getvalue())
     return Path(path).stat().st_size
 
@@ -49,10 +51,12 @@ def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) ->
     An existing table there (perhaps the exact one, built from the photos) is kept unless ``force``.
     """
     try:
-        z = np.load(path, allow_pickle=False)
-        spec = replace(TableSpec(root), **json.loads(str(z["spec"])))
-        encoded, offsets, shape = z["encoded"], z["offsets"], tuple(int(s) for s in z["crop_shape"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        with np.load(path, allow_pickle=False) as z:
+            spec = replace(TableSpec(root), **json.loads(str(z["spec"])))
+            encoded, offsets, shape = z["encoded"], z["offsets"], tuple(int(s) for s in z["crop_shape"])
+            labels = [z[k] for k in _LABELS]
+            files, names = z["files"], [str(s) for s in z["identity_names"]]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise FacemtlError(f"{path}: not a facemtl table archive ({exc})") from exc
     out = Path(cache_dir) / f"table-{spec.key()}.npz"
     if out.exists() and not force:
@@ -63,6 +67,6 @@ def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) ->
         if img is None or img.shape != shape:
             raise FacemtlError(f"{path}: crop {i} does not decode to {shape}")
         crops[i] = img[..., ::-1]
-    table = FaceTable(crops, *(z[k] for k in _LABELS), z["files"], [str(s) for s in z["identity_names"]])
+    table = FaceTable(crops, *labels, files, names)
     table.save(out)
     return out
