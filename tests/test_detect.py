@@ -117,9 +117,11 @@ def test_packing_places_levels_apart_inside_the_canvas_at_even_offsets(sizes: li
         block[:] = True
 
 
-def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone() -> None:
-    """Packing (with MTCNN's ceil-mode cells on odd sides) changes no P-Net output cell."""
-    from facemtl.detect.cascade import Cascade, CascadeConfig, PNET_CELL, _level_cells, _run_pnet_banded
+@pytest.mark.parametrize("threshold", [0.0, 0.02])
+def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone(threshold: float) -> None:
+    """Packing (with MTCNN's ceil-mode cells on odd sides) changes no P-Net output cell: every probability, and
+    the regression of every cell at or above the threshold (the only ones the banded run computes)."""
+    from facemtl.detect.cascade import PNET_CELL, _level_cells, _run_pnet_banded
     pnet = fold_input_scaling(load_detector_nets()["pnet"]).eval()
     rng = np.random.default_rng(0)
     levels = [_Level(i, 1.0, h, w) for i, (h, w) in enumerate([(37, 52), (40, 33), (25, 25), (60, 91)])]
@@ -127,23 +129,29 @@ def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone() -> None:
     height, width = _pack(levels)
     canvas = torch.zeros(1, height, width, 3)
     outside = torch.zeros(height - 2, width - 2, dtype=torch.bool)
-    for lv, img in zip(levels, images):
+    owner = torch.full(((height - PNET_CELL) // 2 + 1, (width - PNET_CELL) // 2 + 1), -1, dtype=torch.int32)
+    for k, (lv, img) in enumerate(zip(levels, images)):
         canvas[0, lv.y:lv.y + lv.height, lv.x:lv.x + lv.width] = torch.from_numpy(img)
+        owner[lv.y // 2:lv.y // 2 + _level_cells(lv.height), lv.x // 2:lv.x // 2 + _level_cells(lv.width)] = k
         if lv.width % 2:
             outside[lv.y:lv.y + lv.height - 1, lv.x + lv.width - 2] = True
         if lv.height % 2:
             outside[lv.y + lv.height - 2, lv.x:lv.x + lv.width - 1] = True
     with torch.no_grad():
-        reg, prob = _run_pnet_banded(pnet, canvas.permute(0, 3, 1, 2), outside, band_pixels=3000)
+        prob, reg = _run_pnet_banded(pnet, canvas.permute(0, 3, 1, 2), outside, owner >= 0, threshold,
+                                     band_pixels=3000)
+        kept = 0
         for lv, img in zip(levels, images):
             alone_reg, alone_prob = pnet(torch.from_numpy(img).permute(2, 0, 1)[None])
             rows, cols = _level_cells(lv.height), _level_cells(lv.width)
             assert alone_prob.shape[1:] == (rows, cols)
             got = prob[lv.y // 2:lv.y // 2 + rows, lv.x // 2:lv.x // 2 + cols]
             torch.testing.assert_close(got, alone_prob[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(reg[:, lv.y // 2:lv.y // 2 + rows, lv.x // 2:lv.x // 2 + cols],
-                                       alone_reg[0], atol=1e-4, rtol=0)
-    assert PNET_CELL == 12 and Cascade and CascadeConfig
+            r, c = (got >= threshold).nonzero(as_tuple=True)
+            got_reg = reg[lv.y // 2:lv.y // 2 + rows, lv.x // 2:lv.x // 2 + cols][r, c]
+            torch.testing.assert_close(got_reg, alone_reg[0, :, r, c].T, atol=1e-4, rtol=0)
+            kept += len(r)
+    assert kept > 0
 
 
 @pytest.mark.parametrize("height,width", [(200, 300), (51, 77), (12, 12), (40, 13)])

@@ -201,21 +201,36 @@ def _level_cells(side: int) -> int:
     return (side - 1) // 2 - 4
 
 
-def _run_pnet_banded(pnet: PNet, canvas: torch.Tensor, outside: torch.Tensor,
+def _run_pnet_banded(pnet: PNet, canvas: torch.Tensor, outside: torch.Tensor, owned: torch.Tensor, threshold: float,
                      band_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """P-Net over a canvas in row bands overlapping by one window, so every output cell is computed once."""
+    """P-Net over a canvas in row bands overlapping by one window, so every output cell is computed once:
+    face probability (rows, cols) of every cell, regression (rows, cols, 4) of the ``owned`` cells whose
+    probability reaches ``threshold`` (other entries are left unset). Both maps are allocated once, so no
+    band leaves small tensors behind to fragment the heap under the next band's large ones."""
     height, width = canvas.shape[2], canvas.shape[3]
     rows_out = (height - PNET_CELL) // PNET_STRIDE + 1
     band_rows = max(1, (band_pixels // width - PNET_CELL) // PNET_STRIDE + 1)
-    regs, probs = [], []
+    prob = torch.empty(owned.shape, device=canvas.device)
+    reg = torch.empty(*owned.shape, 4, device=canvas.device)
     for start in range(0, rows_out, band_rows):
         n = min(band_rows, rows_out - start)
         y0 = start * PNET_STRIDE
         y1 = y0 + (n - 1) * PNET_STRIDE + PNET_CELL
-        reg, prob = pnet(canvas[:, :, y0:y1], outside[y0:y1 - 2])
-        regs.append(reg[0, :, :n])
-        probs.append(prob[0, :n])
-    return torch.cat(regs, dim=1), torch.cat(probs, dim=0)
+        _run_pnet_band(pnet, canvas[:, :, y0:y1], outside[y0:y1 - 2], owned[start:start + n], threshold,
+                       prob[start:start + n], reg[start:start + n])
+    return prob, reg
+
+
+def _run_pnet_band(pnet: PNet, band: torch.Tensor, outside: torch.Tensor, owned: torch.Tensor, threshold: float,
+                   prob: torch.Tensor, reg: torch.Tensor) -> None:
+    """Fill one band's rows of the probability and regression maps. Every cell gets only its face logit (one
+    matrix-vector product); the regression head runs on the cells kept: a 2-way softmax and a 6-column
+    matmul over every cell cost more than the rest of the head."""
+    cells = pnet.features(band, outside)[0, :, :len(prob)].permute(1, 2, 0)
+    face_w, face_b = pnet.face_logit()
+    torch.addmv(face_b, cells.reshape(-1, cells.shape[2]), face_w, out=prob.view(-1)).sigmoid_()
+    rows, cols = ((prob >= threshold) & owned).nonzero(as_tuple=True)
+    reg[rows, cols] = torch.addmm(pnet.conv4_2.bias, cells[rows, cols], pnet.conv4_2.weight.flatten(1).T)
 
 
 def _square(boxes: torch.Tensor) -> torch.Tensor:
@@ -344,16 +359,17 @@ class Cascade(nn.Module):
                 outside[y:y + h - 1, x + w - 2] = True
             if h % 2:
                 outside[y + h - 2, x:x + w - 1] = True
-        reg, prob = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), outside, cfg.band_pixels)
+        prob, reg = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), outside, owner >= 0, cfg.thresholds[0],
+                                     cfg.band_pixels)
         del canvas
         cy, cx = ((prob >= cfg.thresholds[0]) & (owner >= 0)).nonzero(as_tuple=True)
+        scores, offsets = prob[cy, cx], reg[cy, cx]
         level_ids = owner[cy, cx].long()
         origin = torch.tensor([[lv.x // 2, lv.y // 2] for lv in levels], device=device)
         scale = torch.tensor([lv.scale for lv in levels], device=device)[level_ids, None]
         cell = (torch.stack([cx, cy], dim=1) - origin[level_ids]).float()
         boxes = torch.cat([((PNET_STRIDE * cell + 1) / scale).floor(),
                            ((PNET_STRIDE * cell + PNET_CELL) / scale).floor()], dim=1)
-        scores, offsets = prob[cy, cx], reg[:, cy, cx].T
         keep = batched_nms(boxes, scores, level_ids, 0.5)
         level_image = torch.tensor([lv.image for lv in levels], device=device)
         boxes, scores, offsets, image_ids = boxes[keep], scores[keep], offsets[keep], level_image[level_ids[keep]]

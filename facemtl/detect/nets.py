@@ -65,15 +65,26 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
 
-    def forward(self, x: torch.Tensor, outside: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``outside`` (H-2, W-2) marks conv1 outputs that lie outside the image (packed canvases): they
-        are dropped from the max-pool, as MTCNN's ceil-mode pooling drops them at an image's edge."""
+    def features(self, x: torch.Tensor, outside: torch.Tensor | None = None) -> torch.Tensor:
+        """The 32-channel map both 1x1 heads read, one vector per window. ``outside`` (H-2, W-2) marks conv1
+        outputs that lie outside the image (packed canvases): they are dropped from the max-pool, as MTCNN's
+        ceil-mode pooling drops them at an image's edge."""
         x = _prelu(self.conv1(x), self.prelu1.weight)
         if outside is not None:
             _fill_outside(x, outside)
         x = _max_pool_2x2(x, self.pool1)
         x = self.prelu2(self.conv2(x))
-        x = self.prelu3(self.conv3(x))
+        return self.prelu3(self.conv3(x))
+
+    def face_logit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight (32,) and bias of the face-minus-background logit: its sigmoid is the softmax's face
+        probability, so scoring a window takes one dot product instead of a 2-way softmax."""
+        weight = self.conv4_1.weight.flatten(1)
+        return weight[1] - weight[0], self.conv4_1.bias[1] - self.conv4_1.bias[0]
+
+    def forward(self, x: torch.Tensor, outside: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regression (N,4,h,w) and face probability (N,h,w) of every window; see :meth:`features`."""
+        x = self.features(x, outside)
         if not _is_channels_last(x):
             return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)[:, 1]
         n, c, h, w = x.shape
