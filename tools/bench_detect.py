@@ -7,10 +7,14 @@ band), faces found, the match rate between the two MTCNNs and the speed ratios.
 
 facenet-pytorch 2.6.0 pins an old torch; install it beside ours without its dependencies:
     pip install --no-deps facenet-pytorch==2.6.0 requests tqdm
+facemtl's CPU detector tunes glibc's malloc for the whole process (``facemtl.allocator``), so every row runs
+under it; ``FACEMTL_MALLOC_TUNING=0`` turns it off. ``--batching`` also times, on one thread, the cascade on
+groups of 8 photos per call against the same photos one per call (why a CPU list is run photo by photo).
 Optional extra rows, when installed: dlib HOG (``pip install face_recognition dlib-bin``), OpenCV Haar
 (opencv-python 4.x, which still ships the cascades), mediapipe 0.10.21's full-range detector.
 
-    python tools/bench_detect.py [--data DIR] [--limit N] [--threads 2] [--batch 16] [--json OUT.json] [--plot PR.png]
+    python tools/bench_detect.py [--data DIR] [--limit N] [--threads 2] [--batch 16] [--batching]
+                                 [--json OUT.json] [--plot PR.png]
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from facemtl.allocator import tune_cpu_allocator
 from facemtl.data import data_root
 from facemtl.detect.detector import FaceDetector
 from facemtl.evaluate.detection import average_precision, detection_report, match_rate, read_wider_gt
@@ -139,12 +144,35 @@ def _time_interleaved(runners: dict[str, Callable[[np.ndarray], Boxes]], batched
     return results, times
 
 
+def _batching(detector: FaceDetector, images: list[np.ndarray], group: int = 8) -> dict[str, float]:
+    """One thread: the cascade on ``group`` photos per call vs the same photos one per call, interleaved group
+    by group; mean ms per photo of each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    together = alone = 0.0
+    try:
+        for start in range(0, len(images), group):
+            part = images[start:start + group]
+            t0 = time.perf_counter()
+            detector.cascade(part)
+            t1 = time.perf_counter()
+            for img in part:
+                detector.cascade([img])
+            together, alone = together + t1 - t0, alone + time.perf_counter() - t1
+    finally:
+        torch.set_num_threads(threads)
+    return {"photos": len(images), "group": group, "batched_ms": together * 1000 / len(images),
+            "one_by_one_ms": alone * 1000 / len(images)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=data_root())
     parser.add_argument("--limit", type=int, default=None, help="use the first N photos only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="photos per call for the batched facemtl row")
+    parser.add_argument("--batching", action="store_true",
+                        help="also time the cascade on groups of 8 photos vs one by one, 1 thread, first 96 photos")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write the PR curves (IoU 0.5) of every row as PNG")
     args = parser.parse_args()
@@ -160,6 +188,8 @@ def main() -> None:
             runners[key] = run
         else:
             print(f"({key}: not installed, row skipped)")
+    tuned = tune_cpu_allocator()
+    print(f"glibc malloc tuned by facemtl for the whole process (every row): {tuned}")
     for run in runners.values():  # warm-up
         run(images[0])
     results, times = _time_interleaved(runners, detector, args.batch, names, images)
@@ -178,7 +208,7 @@ def main() -> None:
         print(f"{key:<18}{r['median_ms']:>10.1f}{r['photos_per_s']:>10.2f}{r['faces']:>7d}{r['overall']['ap']:>7.3f}"
               + "".join(f"{v:>7.3f}" for v in bands))
     print(f"(ms/photo: median per call; for the x{args.batch} row, each call's time / its photos)")
-    summary = {"photos": len(images), "threads": args.threads, "rows": rows}
+    summary = {"photos": len(images), "threads": args.threads, "malloc_tuned": tuned, "rows": rows}
     if "facenet-pytorch" in results:
         m = match_rate(results["facemtl"], results["facenet-pytorch"], iou=0.9)
         ref = rows["facenet-pytorch"]["photos_per_s"]
@@ -188,6 +218,11 @@ def main() -> None:
         print(f"\nsame faces (IoU >= 0.9): {summary['match']}")
         print(f"speed vs facenet-pytorch: {summary['speedup_single']:.2f}x one photo per call, "
               f"{summary['speedup_batched']:.2f}x with {args.batch} photos per call")
+    if args.batching:
+        summary["batching"] = _batching(detector, images[:96])
+        b = summary["batching"]
+        print(f"\none thread, first {b['photos']} photos: {b['group']} per cascade call {b['batched_ms']:.1f} ms/photo, "
+              f"one per call {b['one_by_one_ms']:.1f} ms/photo")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=float))
     if args.plot:

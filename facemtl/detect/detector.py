@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..allocator import tune_cpu_allocator
 from ..device import resolve_device
 from ..errors import InvalidInputError
 from ..io import load_image
@@ -34,7 +35,8 @@ def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
 
 
 class FaceDetector:
-    """MTCNN detector with the shipped weights on a chosen device.
+    """MTCNN detector with the shipped weights on a chosen device. A CPU detector tunes glibc's malloc for
+    the process (see :mod:`facemtl.allocator`; ``FACEMTL_MALLOC_TUNING=0`` opts out).
 
     >>> detector = FaceDetector(device="cpu")
     >>> faces_per_photo = detector.detect(["a.jpg", "b.png"])   # always one list per photo
@@ -44,6 +46,8 @@ class FaceDetector:
                  min_face: float = 20.0, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                  factor: float = 0.709, edge: str = "clip") -> None:
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         config = CascadeConfig(min_face=min_face, factor=factor, edge=edge,
                                thresholds=tuple(thresholds) if isinstance(thresholds, (list, tuple)) else thresholds)
         _check_config(config)
@@ -62,9 +66,12 @@ class FaceDetector:
     def detect_arrays(self, arrays: Sequence[np.ndarray], min_face: float | None = None) -> list[CascadeOutput]:
         """Detect in RGB uint8 (H,W,3) arrays; raw tensors (on the detector's device) per photo.
 
-        On the CPU a list is split across one single-threaded worker per torch thread, each batching
-        its share: these small convolutions scale poorly across threads inside one op, far better
-        across photos. torch's thread count is restored afterwards.
+        On the CPU a list is shared among single-threaded workers, one per torch thread, each taking the next
+        photo as soon as it is free: these small convolutions scale poorly across threads inside one op, far
+        better across photos, and photos differ up to 10x in cost, so fixed shares leave a worker idle. Each
+        photo runs alone there (on the CPU batching photos together saves nothing: ``tools/bench_detect.py
+        --batching`` measures both); elsewhere the whole list is one batched call. torch's thread count is
+        restored.
         """
         config = self.config if min_face is None else replace(self.config, min_face=min_face)
         _check_config(config)
@@ -72,19 +79,13 @@ class FaceDetector:
         workers = min(torch.get_num_threads(), len(arrays)) if self.device.type == "cpu" else 1
         if workers <= 1:
             return self.cascade(arrays, config) if arrays else []
-        shards = [list(range(k, len(arrays), workers)) for k in range(workers)]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(lambda ix: self.cascade([arrays[i] for i in ix], config), shards))
+                return list(pool.map(lambda image: self.cascade([image], config)[0], arrays))
         finally:
             torch.set_num_threads(threads)
-        out: list[CascadeOutput | None] = [None] * len(arrays)
-        for ix, res in zip(shards, results):
-            for i, r in zip(ix, res):
-                out[i] = r
-        return out  # type: ignore[return-value]
 
 
 def _check_config(config: CascadeConfig) -> None:
