@@ -265,8 +265,8 @@ def _crops(tables: list[torch.Tensor], boxes: torch.Tensor, image_ids: torch.Ten
     parts = regions.split(counts.tolist())
     if edge == "clip":
         parts = [torch.minimum(part.clamp(min=0), _limits(tables[i])) for i, part in zip(ids.tolist(), parts)]
-    crops = torch.cat([area_crops(tables[i], part, size) for i, part in zip(ids.tolist(), parts)])
-    return crops.permute(0, 3, 1, 2)
+    crops = [area_crops(tables[i], part, size) for i, part in zip(ids.tolist(), parts)]
+    return (crops[0] if len(crops) == 1 else torch.cat(crops)).permute(0, 3, 1, 2)
 
 
 def _limits(table: torch.Tensor) -> torch.Tensor:
@@ -284,7 +284,7 @@ def _by_image(image_ids: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Te
 def _chunked(net: nn.Module, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
     """Run ``net`` over ``x`` in chunks; concatenate each output."""
     outs = [net(x[i:i + chunk]) for i in range(0, len(x), chunk)]
-    return tuple(torch.cat(parts) for parts in zip(*outs))
+    return outs[0] if len(outs) == 1 else tuple(torch.cat(parts) for parts in zip(*outs))
 
 
 def nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
