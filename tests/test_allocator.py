@@ -24,7 +24,7 @@ _REPEAT_DETECTION = textwrap.dedent(f"""
     image = load_image({str(_resources.sample_photo())!r})
     first = detector.detect_arrays([image])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
+    for _ in range(8):
         again = detector.detect_arrays([image])
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     print(tune_cpu_allocator(), faults, len(again[0].boxes), bool((again[0].boxes == first[0].boxes).all()))
@@ -32,7 +32,7 @@ _REPEAT_DETECTION = textwrap.dedent(f"""
 
 
 def _run(**env: str) -> tuple[bool, int, int, bool]:
-    """Detect on the sample photo four times in a fresh process; (tuned?, page faults of calls 2-4, faces, same?)."""
+    """Detect on the sample photo nine times in a fresh process; (tuned?, page faults of calls 2-9, faces, same?)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "FACEMTL_MALLOC_TUNING"}
     out = subprocess.run([sys.executable, "-c", _REPEAT_DETECTION], capture_output=True, text=True, timeout=300,
                          check=True, env={**clean, **env}).stdout.split()
