@@ -3,9 +3,9 @@
 glibc serves blocks above its mmap threshold (dynamic, 128 KiB to 32 MiB) straight from the kernel and hands
 them back on free, and it trims the heap top above its trim threshold; either way the next tensor of that size
 is page-faulted in afresh. The detector allocates tensors of 1-35 MB per band and per crop chunk; raising
-both thresholds lets freed blocks be reused, which ``tools/bench_detect.py`` measures at +20% photos/s with 16
-photos per call and +5% with one (run it with ``FACEMTL_MALLOC_TUNING=0`` for the other side). It changes where memory comes from, never a result; PyTorch's CPU tuning guide gets the same
-from jemalloc or tcmalloc. Set ``FACEMTL_MALLOC_TUNING=0`` to leave malloc alone.
+both thresholds lets freed blocks be reused, which ``tools/bench_detect.py`` measures at +20% photos/s with
+16 photos per call and +5% with one (run it with ``FACEMTL_MALLOC_TUNING=0`` for the other side). It changes
+where memory comes from, never a result; PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc.
 """
 from __future__ import annotations
 

@@ -221,8 +221,8 @@ def main() -> None:
     if args.batching:
         summary["batching"] = _batching(detector, images[:96])
         b = summary["batching"]
-        print(f"\none thread, first {b['photos']} photos: {b['group']} per cascade call {b['batched_ms']:.1f} ms/photo, "
-              f"one per call {b['one_by_one_ms']:.1f} ms/photo")
+        print(f"\none thread, first {b['photos']} photos: {b['group']} per cascade call "
+              f"{b['batched_ms']:.1f} ms/photo, one per call {b['one_by_one_ms']:.1f} ms/photo")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=float))
     if args.plot:
