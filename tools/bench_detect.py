@@ -204,9 +204,9 @@ def main() -> None:
     header = f"{'detector':<18}{'ms/photo':>10}{'photos/s':>10}{'faces':>7}{'AP':>7}{'<32':>7}{'32-96':>7}{'>96':>7}"
     print(header)
     for key, r in rows.items():
-        bands = [r[b]["ap"] for b in ("<32 px", "32-96 px", ">96 px")]
-        print(f"{key:<18}{r['median_ms']:>10.1f}{r['photos_per_s']:>10.2f}{r['faces']:>7d}{r['overall']['ap']:>7.3f}"
-              + "".join(f"{v:>7.3f}" for v in bands))
+        aps = [r[b]["ap"] for b in ("overall", "<32 px", "32-96 px", ">96 px")]
+        print(f"{key:<18}{r['median_ms']:>10.1f}{r['photos_per_s']:>10.2f}{r['faces']:>7d}"
+              + "".join(f"{'-':>7}" if v is None else f"{v:>7.3f}" for v in aps))  # None: no face in that band
     print(f"(ms/photo: median per call; for the x{args.batch} row, each call's time / its photos)")
     summary = {"photos": len(images), "threads": args.threads, "malloc_tuned": tuned, "rows": rows}
     if "facenet-pytorch" in results:
