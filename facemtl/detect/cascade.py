@@ -361,10 +361,11 @@ class Cascade(nn.Module):
                 outside[y:y + h - 1, x + w - 2] = True
             if h % 2:
                 outside[y + h - 2, x:x + w - 1] = True
-        prob, reg = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), outside, owner >= 0, cfg.thresholds[0],
+        owned = owner >= 0
+        prob, reg = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), outside, owned, cfg.thresholds[0],
                                      cfg.band_pixels)
         del canvas
-        cy, cx = ((prob >= cfg.thresholds[0]) & (owner >= 0)).nonzero(as_tuple=True)
+        cy, cx = ((prob >= cfg.thresholds[0]) & owned).nonzero(as_tuple=True)
         scores, offsets = prob[cy, cx], reg[cy, cx]
         level_ids = owner[cy, cx].long()
         origin = torch.tensor([[lv.x // 2, lv.y // 2] for lv in levels], device=device)
