@@ -28,7 +28,7 @@ from facemtl.train.trainer import table_specs
 def pack(args: argparse.Namespace) -> None:
     """Build (or read from the cache) each table of the config and write its archive into ``--out``."""
     cfg = load_config(args.config)
-    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    cache = default_cache_dir(cfg.data.cache_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, spec in table_specs(cfg).items():
         if spec is None:

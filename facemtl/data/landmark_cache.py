@@ -111,6 +111,9 @@ def cached_landmarks(paths: Sequence[Path], cache_file: Path, detector: FaceDete
     return {p: None if faces is None else largest(faces) for p, faces in found.items()}
 
 
-def default_cache_dir() -> Path:
-    """Where derived data (detections, crop tables) goes: ``$FACEMTL_CACHE`` or ``~/.cache/facemtl``."""
+def default_cache_dir(chosen: str | os.PathLike[str] | None = None) -> Path:
+    """Where derived data (detections, crop tables) goes: the folder ``chosen`` by the user when given, else
+    ``$FACEMTL_CACHE`` or ``~/.cache/facemtl``."""
+    if chosen:
+        return Path(chosen)
     return Path(os.environ.get("FACEMTL_CACHE", Path.home() / ".cache" / "facemtl"))

@@ -208,7 +208,7 @@ def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = 
 
     ``limit`` keeps only the first N photos of each set (quick checks; the protocols want all of them).
     """
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = default_cache_dir(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl}
     results: dict[str, Any] = {"model": analyzer.model_id, "flip_averaging": analyzer.flip,
@@ -223,7 +223,7 @@ def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = 
 def calibrate_threshold(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = None,
                         limit: int | None = None) -> dict[str, Any]:
     """The cosine threshold with the best accuracy on CelebA *val* pairs (never the test identities)."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = default_cache_dir(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     found = evaluate_celeba(analyzer, Path(root), cache, limit, split="val")["verification"]
     return {"threshold": float(found["threshold"]), "val_accuracy": float(found["accuracy"])}

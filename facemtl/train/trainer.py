@@ -140,7 +140,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         d, m = self.cfg.data, self.cfg.model
-        cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+        cache = default_cache_dir(d.cache_dir)
         specs = table_specs(self.cfg)
         tables = {}
         for turn in ("main", "others"):  # rank 0 builds the caches, the others then read them
