@@ -16,6 +16,7 @@ from facemtl import _resources
 from facemtl.detect.cascade import (_Level, _pack, area_crops, area_resize, fold_input_scaling, integral_image,
                                     nms_min)
 from facemtl.detect.detector import FaceDetector, detect
+from facemtl.detect.nets import _max_pool_3x3_s2
 from facemtl.detect.weights import load_detector_nets
 from facemtl.errors import InvalidInputError
 from facemtl.io import load_image
@@ -156,8 +157,8 @@ def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone(threshold: floa
 
 @pytest.mark.parametrize("height,width", [(200, 300), (51, 77), (12, 12), (40, 13)])
 def test_channels_last_fast_paths_equal_the_plain_layers(height: int, width: int) -> None:
-    """P-Net's and R-Net's channels-last routes (tiled PReLU, sparse outside fill, pooling on views, one
-    matmul for both 1x1 heads) give the plain NCHW layers' outputs, even and odd sides alike."""
+    """The three nets' channels-last routes (tiled PReLU, sparse outside fill, pooling on views, one matmul
+    for both 1x1 heads) give the plain NCHW layers' outputs, even and odd sides alike."""
     nets = {k: fold_input_scaling(v).eval() for k, v in load_detector_nets().items()}
     rng = torch.Generator().manual_seed(height * width)
     x = torch.rand(1, 3, height, width, generator=rng) * 255
@@ -168,9 +169,23 @@ def test_channels_last_fast_paths_equal_the_plain_layers(height: int, width: int
         crops = torch.rand(37, 3, 24, 24, generator=rng) * 255
         plain_r = nets["rnet"](crops)
         fast_r = nets["rnet"](crops.contiguous(memory_format=torch.channels_last))
-    for a, b in zip((*plain, *plain_r), (*fast, *fast_r)):
+        crops = torch.rand(11, 3, 48, 48, generator=rng) * 255
+        plain_o = nets["onet"](crops)
+        fast_o = nets["onet"](crops.contiguous(memory_format=torch.channels_last))
+    for a, b in zip((*plain, *plain_r, *plain_o), (*fast, *fast_r, *fast_o)):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+
+
+def test_strided_3x3_pool_equals_torch_pooling_on_every_side() -> None:
+    """The 3x3 / stride-2 / ceil-mode pool on strided views equals ``nn.MaxPool2d`` for odd and even sides,
+    including windows cut short at the far edge."""
+    pool = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+    rng = torch.Generator().manual_seed(3)
+    for height in range(3, 30):
+        for width in (3, 4, 9, 22, 23):
+            x = torch.randn(2, 28, height, width, generator=rng).contiguous(memory_format=torch.channels_last)
+            assert torch.equal(_max_pool_3x3_s2(x, pool), pool(x)), (height, width)
 
 
 def _greedy_min_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, t: float) -> list[int]:

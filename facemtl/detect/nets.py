@@ -47,6 +47,31 @@ def _max_pool_2x2(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
     return torch.maximum(rows[..., :c], rows[..., c:]).permute(0, 3, 1, 2)
 
 
+def _window_max_3s2(v: torch.Tensor, axis: int) -> torch.Tensor:
+    """Maxima of 3-wide, stride-2, ceil-mode windows along ``axis`` of a (N, H, W, C) view: the maximum of
+    each window's first two elements, then of that and its third where the window has one."""
+    n = v.shape[axis]
+    out, full = (n - 2) // 2 + 1, (n - 3) // 2 + 1
+
+    def every_other(start: int, count: int) -> torch.Tensor:
+        return v.narrow(axis, start, 2 * count - 1).unfold(axis, 1, 2).squeeze(-1)
+
+    res = torch.maximum(every_other(0, out), every_other(1, out))
+    head = res.narrow(axis, 0, full)
+    torch.maximum(head, every_other(2, full), out=head)
+    return res
+
+
+def _max_pool_3x3_s2(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+    """``pool`` (3x3, stride 2, ceil mode); on channels-last input as elementwise maxima over strided views,
+    columns then rows. Used where it measured faster than torch's pooling, which also writes argmax indices
+    and leaves a channel count that is not a multiple of 8 partly unvectorised (R-Net's 28: ~2.5x)."""
+    if not _is_channels_last(x):
+        return pool(x)
+    v = x.permute(0, 2, 3, 1)
+    return _window_max_3s2(_window_max_3s2(v, 2), 1).permute(0, 3, 1, 2)
+
+
 class PNet(nn.Module):
     """Proposal net: fully convolutional, one 12x12 window per output cell at stride 2.
 
@@ -114,7 +139,7 @@ class RNet(nn.Module):
         self.dense5_2 = nn.Linear(128, 4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(_prelu(self.conv1(x), self.prelu1.weight))
+        x = _max_pool_3x3_s2(_prelu(self.conv1(x), self.prelu1.weight), self.pool1)
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.prelu3(self.conv3(x))
         # The published weights were trained in Caffe, which flattens in (W, H, C) order.
@@ -151,7 +176,7 @@ class ONet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = _max_pool_3x3_s2(self.prelu2(self.conv2(x)), self.pool2)
         x = self.pool3(self.prelu3(self.conv3(x)))
         x = self.prelu4(self.conv4(x))
         x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
