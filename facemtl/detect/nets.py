@@ -2,7 +2,8 @@
 
 On channels-last inputs (the cascade's) a few layers take faster routes with the same results: torch's
 PReLU, masked fill and 2x2 max-pool broadcast over a short innermost channel axis there, which does not
-vectorise (10 channels: 4-10x slower than on NCHW), and P-Net's two 1x1 heads run on the slow
+vectorise (10 channels: 4-10x slower than on NCHW), torch's 3x3 max-pool writes argmax indices and leaves
+a channel count that is not a multiple of 8 partly scalar, and P-Net's two 1x1 heads run on the slow
 reference convolution. Other inputs (export, tests) take the plain layers.
 """
 from __future__ import annotations
