@@ -10,16 +10,19 @@ facenet-pytorch 2.6.0 pins an old torch; install it beside ours without its depe
 facemtl's CPU detector tunes glibc's malloc for the whole process (``facemtl.allocator``), so every row runs
 under it; ``FACEMTL_MALLOC_TUNING=0`` turns it off. ``--batching`` also times, on one thread, the cascade on
 groups of 8 photos per call against the same photos one per call (why a CPU list is run photo by photo).
+``--profile N`` runs the torch profiler over the first N photos on one thread for both MTCNNs and prints
+where each spends its time (self CPU time by kind of op).
 Optional extra rows, when installed: dlib HOG (``pip install face_recognition dlib-bin``), OpenCV Haar
 (opencv-python 4.x, which still ships the cascades), mediapipe 0.10.21's full-range detector.
 
     python tools/bench_detect.py [--data DIR] [--limit N] [--threads 2] [--batch 16] [--batching]
-                                 [--json OUT.json] [--plot PR.png]
+                                 [--profile N] [--json OUT.json] [--plot PR.png]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -165,6 +168,55 @@ def _batching(detector: FaceDetector, images: list[np.ndarray], group: int = 8) 
             "one_by_one_ms": alone * 1000 / len(images)}
 
 
+OP_KINDS = (("conv", r"aten::.*convolution.*"), ("gathers", r"aten::(index_select|index|gather)"),
+            ("resize", r"aten::(_?adaptive_avg_pool2d|upsample.*|avg_pool2d)"),
+            ("max-pool", r"aten::(max_pool2d.*|maximum)"), ("PReLU", r"aten::.*prelu.*"),
+            ("NMS", r"torchvision::nms"))
+
+
+def _op_kind(name: str) -> str:
+    """The kind of op an aten/torchvision op name belongs to, for the profile table."""
+    return next((kind for kind, pattern in OP_KINDS if re.fullmatch(pattern, name)), "other")
+
+
+def _profile(runners: dict[str, Callable[[np.ndarray], Boxes]], images: list[np.ndarray]) -> dict[str, dict]:
+    """One thread, each runner over ``images`` under the torch profiler: ms per photo (profiled) and the share
+    of self CPU time of each kind of op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = {}
+    try:
+        for key, run in runners.items():
+            run(images[0])
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                t0 = time.perf_counter()
+                for img in images:
+                    run(img)
+                wall = time.perf_counter() - t0
+            shares: dict[str, float] = {}
+            for event in prof.key_averages():
+                kind = _op_kind(event.key)
+                shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total
+            total = sum(shares.values())
+            result[key] = {"ms_per_photo": wall * 1000 / len(images),
+                           "shares": {kind: shares.get(kind, 0.0) / total for kind in (*dict(OP_KINDS), "other")}}
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+def _print_profile(profiles: dict[str, dict], photos: int) -> None:
+    kinds = [kind for kind, _ in OP_KINDS] + ["other"]
+    print(f"\nwhere the time goes, one thread, first {photos} photos (torch profiler, % of self CPU time)")
+    print(f"{'detector':<18}{'ms/photo':>10}" + "".join(f"{k:>10}" for k in kinds))
+    for key, p in profiles.items():
+        print(f"{key:<18}{p['ms_per_photo']:>10.1f}" + "".join(f"{100 * p['shares'][k]:>10.1f}" for k in kinds))
+    print("(ms/photo measured under the profiler, which adds its own overhead; resize: torch's area interpolation,\n"
+          " which facemtl replaces by gathers from a summed-area table; max-pool includes facemtl's pooling on views)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=data_root())
@@ -173,6 +225,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="photos per call for the batched facemtl row")
     parser.add_argument("--batching", action="store_true",
                         help="also time the cascade on groups of 8 photos vs one by one, 1 thread, first 96 photos")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile both MTCNNs on one thread over the first N photos")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write the PR curves (IoU 0.5) of every row as PNG")
     args = parser.parse_args()
@@ -223,6 +277,10 @@ def main() -> None:
         b = summary["batching"]
         print(f"\none thread, first {b['photos']} photos: {b['group']} per cascade call "
               f"{b['batched_ms']:.1f} ms/photo, one per call {b['one_by_one_ms']:.1f} ms/photo")
+    if args.profile:
+        subset = images[:args.profile]
+        summary["profile"] = _profile({k: runners[k] for k in ("facemtl", "facenet-pytorch") if k in runners}, subset)
+        _print_profile(summary["profile"], len(subset))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=float))
     if args.plot:
