@@ -1,5 +1,9 @@
-"""Resolve a user's device request to a torch.device, refusing what is not there."""
+"""Where work runs: a user's device request resolved to a torch.device (refusing what is not there), and
+torch's CPU thread count changed for a block of work."""
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -23,3 +27,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError(f"device {device!r} requested but MPS is not available")
     return dev
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads; the previous count is restored however it ends."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

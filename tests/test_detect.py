@@ -18,6 +18,7 @@ from facemtl.detect.cascade import (_Level, _pack, area_crops, area_resize, fold
 from facemtl.detect.detector import FaceDetector, detect
 from facemtl.detect.nets import _max_pool_3x3_s2
 from facemtl.detect.weights import load_detector_nets
+from facemtl.device import torch_threads
 from facemtl.errors import InvalidInputError
 from facemtl.io import load_image
 
@@ -72,6 +73,16 @@ def test_empty_inputs_and_bad_settings(detector: FaceDetector) -> None:
         FaceDetector(factor=1.2)
     with pytest.raises(InvalidInputError):
         FaceDetector(edge="wrap")
+
+
+def test_a_list_on_the_cpu_leaves_torch_thread_count_as_it_was(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    """Workers run single-threaded; the caller's thread count is back afterwards, also after an error."""
+    with torch_threads(2):
+        assert len(detector.detect_arrays([astronaut, astronaut[:200]])) == 2
+        assert torch.get_num_threads() == 2
+        with pytest.raises(InvalidInputError), torch_threads(1):
+            detector.detect_arrays([astronaut], min_face=0)
+        assert torch.get_num_threads() == 2
 
 
 def test_module_level_detect_returns_one_list_per_photo(astronaut: np.ndarray) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from facemtl.device import torch_threads
 from facemtl.errors import ConfigError
 from facemtl.gradients import pcgrad_backward
 from facemtl.losses import difference_loss, landmark_loss, masked_cross_entropy
@@ -24,10 +25,8 @@ FEATURE_DIM = 32
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # Tiny models: one thread is as fast as two and leaves the other core free.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def make(design: str, trunk: str, size: int, tasks: tuple[str, ...] = TASKS, **options) -> MultiTaskNet:

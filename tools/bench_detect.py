@@ -33,6 +33,7 @@ import torch
 from facemtl.allocator import tune_cpu_allocator
 from facemtl.data import data_root
 from facemtl.detect.detector import FaceDetector
+from facemtl.device import torch_threads
 from facemtl.evaluate.detection import average_precision, detection_report, match_rate, read_wider_gt
 from facemtl.evaluate.plots import plot_pr
 from facemtl.io import load_image
@@ -150,10 +151,8 @@ def _time_interleaved(runners: dict[str, Callable[[np.ndarray], Boxes]], batched
 def _batching(detector: FaceDetector, images: list[np.ndarray], group: int = 8) -> dict[str, float]:
     """One thread: the cascade on ``group`` photos per call vs the same photos one per call, interleaved group
     by group; mean ms per photo of each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     together = alone = 0.0
-    try:
+    with torch_threads(1):
         for start in range(0, len(images), group):
             part = images[start:start + group]
             t0 = time.perf_counter()
@@ -162,8 +161,6 @@ def _batching(detector: FaceDetector, images: list[np.ndarray], group: int = 8) 
             for img in part:
                 detector.cascade([img])
             together, alone = together + t1 - t0, alone + time.perf_counter() - t1
-    finally:
-        torch.set_num_threads(threads)
     return {"photos": len(images), "group": group, "batched_ms": together * 1000 / len(images),
             "one_by_one_ms": alone * 1000 / len(images)}
 
@@ -184,10 +181,8 @@ def _profile(runners: dict[str, Callable[[np.ndarray], Boxes]], images: list[np.
     of self CPU time of each kind of op."""
     from torch.profiler import ProfilerActivity, profile
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     result = {}
-    try:
+    with torch_threads(1):
         for key, run in runners.items():
             run(images[0])
             with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -202,8 +197,6 @@ def _profile(runners: dict[str, Callable[[np.ndarray], Boxes]], images: list[np.
             total = sum(shares.values())
             result[key] = {"ms_per_photo": wall * 1000 / len(images),
                            "shares": {kind: shares.get(kind, 0.0) / total for kind in (*dict(OP_KINDS), "other")}}
-    finally:
-        torch.set_num_threads(threads)
     return result
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..allocator import tune_cpu_allocator
-from ..device import resolve_device
+from ..device import resolve_device, torch_threads
 from ..errors import InvalidInputError
 from ..io import load_image
 from ..types import Detection
@@ -79,13 +79,8 @@ class FaceDetector:
         workers = min(torch.get_num_threads(), len(arrays)) if self.device.type == "cpu" else 1
         if workers <= 1:
             return self.cascade(arrays, config) if arrays else []
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                return list(pool.map(lambda image: self.cascade([image], config)[0], arrays))
-        finally:
-            torch.set_num_threads(threads)
+        with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda image: self.cascade([image], config)[0], arrays))
 
 
 def _check_config(config: CascadeConfig) -> None:
