@@ -168,8 +168,8 @@ def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone(threshold: floa
 
 @pytest.mark.parametrize("height,width", [(200, 300), (51, 77), (12, 12), (40, 13)])
 def test_channels_last_fast_paths_equal_the_plain_layers(height: int, width: int) -> None:
-    """The three nets' channels-last routes (tiled PReLU, sparse outside fill, pooling on views, one matmul
-    for both 1x1 heads) give the plain NCHW layers' outputs, even and odd sides alike."""
+    """The three nets' channels-last routes (tiled PReLU, sparse outside fill, pooling on views) give the plain
+    NCHW layers' outputs, even and odd sides alike."""
     nets = {k: fold_input_scaling(v).eval() for k, v in load_detector_nets().items()}
     rng = torch.Generator().manual_seed(height * width)
     x = torch.rand(1, 3, height, width, generator=rng) * 255

@@ -2,9 +2,10 @@
 
 On channels-last inputs (the cascade's) a few layers take faster routes with the same results: torch's
 PReLU, masked fill and 2x2 max-pool broadcast over a short innermost channel axis there, which does not
-vectorise (10 channels: 4-10x slower than on NCHW), torch's 3x3 max-pool writes argmax indices and leaves
-a channel count that is not a multiple of 8 partly scalar, and P-Net's two 1x1 heads run on the slow
-reference convolution. Other inputs (export, tests) take the plain layers.
+vectorise (10 channels: 4-10x slower than on NCHW), and torch's 3x3 max-pool writes argmax indices and
+leaves a channel count that is not a multiple of 8 partly scalar. Other inputs (export, tests) take the plain
+layers. The cascade reads P-Net's 1x1 heads as matrix products over :meth:`PNet.features` itself, only
+where it needs them.
 """
 from __future__ import annotations
 
@@ -111,14 +112,7 @@ class PNet(nn.Module):
     def forward(self, x: torch.Tensor, outside: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Regression (N,4,h,w) and face probability (N,h,w) of every window; see :meth:`features`."""
         x = self.features(x, outside)
-        if not _is_channels_last(x):
-            return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)[:, 1]
-        n, c, h, w = x.shape
-        weight = torch.cat([self.conv4_1.weight, self.conv4_2.weight]).view(6, c)
-        heads = torch.addmm(torch.cat([self.conv4_1.bias, self.conv4_2.bias]), x.permute(0, 2, 3, 1).reshape(-1, c),
-                            weight.T)
-        prob = torch.softmax(heads[:, :2], dim=1)[:, 1].view(n, h, w)
-        return heads[:, 2:].reshape(n, h, w, 4).permute(0, 3, 1, 2), prob
+        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)[:, 1]
 
 
 class RNet(nn.Module):
