@@ -24,6 +24,11 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def on_glibc() -> bool:
+    """True on Linux with glibc, the only malloc this module tunes."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 @functools.cache
 def tune_cpu_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds, once per process; True when done.
@@ -35,7 +40,7 @@ def tune_cpu_allocator() -> bool:
         return False
     if any(v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -10,9 +9,9 @@ import textwrap
 import pytest
 
 from facemtl import _resources
+from facemtl.allocator import on_glibc
 
-glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the tuning applies to glibc's malloc only")
+glibc_only = pytest.mark.skipif(not on_glibc(), reason="the tuning applies to glibc's malloc only")
 
 _REPEAT_DETECTION = textwrap.dedent(f"""
     import resource, torch
