@@ -151,8 +151,8 @@ def area_resize(table: torch.Tensor, height: int, width: int, out: torch.Tensor)
     rs, re = (b[0] for b in _window_bounds(zero, zero + table.shape[0] - 1, height))
     cs, ce = (b[0] for b in _window_bounds(zero, zero + table.shape[1] - 1, width))
     # Every channel's divisor spelt out: broadcasting one over a 3-wide innermost axis is ~8x slower.
-    area = ((re - rs).float()[:, None, None] * (ce - cs).float()[None, :, None]).expand(-1, -1, table.shape[2])
-    area = area.contiguous()
+    widths = (ce - cs).float().repeat_interleave(table.shape[2])
+    area = ((re - rs).float()[:, None] * widths[None, :]).view(height, width, table.shape[2])
     step = max(1, (32 << 20) // (table.shape[1] * table.shape[2] * table.element_size() * 2))
     for r0 in range(0, height, step):
         r1 = min(height, r0 + step)
