@@ -16,7 +16,7 @@ from facemtl import _resources
 from facemtl.detect.cascade import (_Level, _pack, area_crops, area_resize, fold_input_scaling, integral_image,
                                     nms_min)
 from facemtl.detect.detector import FaceDetector, detect
-from facemtl.detect.nets import _max_pool_3x3_s2
+from facemtl.detect.nets import _conv3x3_on_pixel_pairs, _max_pool_3x3_s2
 from facemtl.detect.weights import load_detector_nets
 from facemtl.device import torch_threads
 from facemtl.errors import InvalidInputError
@@ -168,8 +168,8 @@ def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone(threshold: floa
 
 @pytest.mark.parametrize("height,width", [(200, 300), (51, 77), (12, 12), (40, 13)])
 def test_channels_last_fast_paths_equal_the_plain_layers(height: int, width: int) -> None:
-    """The three nets' channels-last routes (tiled PReLU, sparse outside fill, pooling on views) give the plain
-    NCHW layers' outputs, even and odd sides alike."""
+    """The three nets' channels-last routes (first conv on pixel pairs, tiled PReLU, sparse outside fill, pooling
+    on views) give the plain NCHW layers' outputs, even and odd sides alike."""
     nets = {k: fold_input_scaling(v).eval() for k, v in load_detector_nets().items()}
     rng = torch.Generator().manual_seed(height * width)
     x = torch.rand(1, 3, height, width, generator=rng) * 255
@@ -186,6 +186,20 @@ def test_channels_last_fast_paths_equal_the_plain_layers(height: int, width: int
     for a, b in zip((*plain, *plain_r, *plain_o), (*fast, *fast_r, *fast_o)):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("out_channels", [10, 28])
+def test_conv_on_pixel_pairs_equals_the_conv(out_channels: int) -> None:
+    """A 3x3 convolution run on pairs of adjacent pixels gives the convolution's output in its channels-last
+    layout, for every even width from the smallest on and for several photos at once."""
+    rng = torch.Generator().manual_seed(out_channels)
+    conv = torch.nn.Conv2d(3, out_channels, 3)
+    for height, width in [(3, 4), (12, 12), (5, 30), (41, 64), (130, 242)]:
+        x = (torch.rand(3, 3, height, width, generator=rng) * 255).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            got, want = _conv3x3_on_pixel_pairs(x, conv), conv(x)
+        assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-6)
 
 
 def test_strided_3x3_pool_equals_torch_pooling_on_every_side() -> None:

@@ -2,8 +2,9 @@
 
 On channels-last inputs (the cascade's) a few layers take faster routes with the same results: torch's
 PReLU, masked fill and 2x2 max-pool broadcast over a short innermost channel axis there, which does not
-vectorise (10 channels: 4-10x slower than on NCHW), and torch's 3x3 max-pool writes argmax indices and
-leaves a channel count that is not a multiple of 8 partly scalar. Other inputs (export, tests) take the plain
+vectorise (10 channels: 4-10x slower than on NCHW), torch's 3x3 max-pool writes argmax indices and
+leaves a channel count that is not a multiple of 8 partly scalar, and P-Net's first convolution (3 channels
+in, 10 out) runs faster on pairs of pixels. Other inputs (export, tests) take the plain
 layers. The cascade reads P-Net's 1x1 heads as matrix products over :meth:`PNet.features` itself, only
 where it needs them.
 """
@@ -26,6 +27,21 @@ def _prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)
     return F.prelu(rows, weight.repeat(w)).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _conv3x3_on_pixel_pairs(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv`` (3x3, stride 1, no padding) on channels-last input of even width, run on pairs of adjacent pixels
+    taken as single 2C-channel pixels by a 3x2 kernel that gives both output pixels' channels: the same numbers
+    in the same (N, O, H-2, W-2) channels-last layout, ~20% faster for P-Net's first layer, whose 3 input and 10
+    output channels fill vectors poorly."""
+    n, c, h, w = x.shape
+    zero = conv.weight.new_zeros(conv.weight.shape[:3])
+    w0, w1, w2 = conv.weight.unbind(3)
+    even = torch.stack([torch.cat([w0, w1], 1), torch.cat([w2, zero], 1)], dim=3)  # output pixel 2j
+    odd = torch.stack([torch.cat([zero, w0], 1), torch.cat([w1, w2], 1)], dim=3)   # output pixel 2j+1
+    pairs = x.permute(0, 2, 3, 1).reshape(n, h, w // 2, 2 * c).permute(0, 3, 1, 2)
+    out = F.conv2d(pairs, torch.cat([even, odd]), conv.bias.repeat(2))
+    return out.permute(0, 2, 3, 1).reshape(n, h - 2, w - 2, -1).permute(0, 3, 1, 2)
 
 
 def _fill_outside(x: torch.Tensor, outside: torch.Tensor) -> None:
@@ -96,7 +112,8 @@ class PNet(nn.Module):
         """The 32-channel map both 1x1 heads read, one vector per window. ``outside`` (H-2, W-2) marks conv1
         outputs that lie outside the image (packed canvases): they are dropped from the max-pool, as MTCNN's
         ceil-mode pooling drops them at an image's edge."""
-        x = _prelu(self.conv1(x), self.prelu1.weight)
+        pairs = _is_channels_last(x) and x.shape[3] % 2 == 0
+        x = _prelu(_conv3x3_on_pixel_pairs(x, self.conv1) if pairs else self.conv1(x), self.prelu1.weight)
         if outside is not None:
             _fill_outside(x, outside)
         x = _max_pool_2x2(x, self.pool1)
