@@ -13,14 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from facemtl import _resources
-from facemtl.detect.cascade import (_Level, _pack, area_crops, area_resize, fold_input_scaling, integral_image,
-                                    nms_min)
+from facemtl.detect import cascade
+from facemtl.detect.cascade import (_Level, _levels_may_overlap, _pack, area_crops, area_resize, cell_boxes,
+                                    fold_input_scaling, integral_image, nms_min, pyramid_scales)
 from facemtl.detect.detector import FaceDetector, detect
 from facemtl.detect.nets import _conv3x3_on_pixel_pairs, _max_pool_3x3_s2
 from facemtl.detect.weights import load_detector_nets
 from facemtl.device import torch_threads
 from facemtl.errors import InvalidInputError
 from facemtl.io import load_image
+from torchvision.ops import box_iou
 
 CPU = torch.device("cpu")
 
@@ -243,6 +245,35 @@ def test_min_nms_equals_the_greedy_loop(seed: int, n: int) -> None:
     groups = rng.integers(0, 3, n)
     got = nms_min(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), 0.7).tolist()
     assert got == _greedy_min_nms(boxes, scores, groups, 0.7)
+
+
+@settings(max_examples=30, deadline=None)
+@given(min_face=st.floats(12, 80), factor=st.floats(0.5, 0.95))
+def test_cross_level_nms_is_skipped_only_where_levels_cannot_overlap(min_face: float, factor: float) -> None:
+    """Where the skip rule says no two boxes of different pyramid levels can overlap by more than 0.7 IoU, none
+    of the boxes of every cell of a 30x30 patch of each level does; close factors do overlap (the rule fires)."""
+    scales = pyramid_scales(2000, 3000, min_face, factor)
+    grid = torch.stack(torch.meshgrid(torch.arange(30.0), torch.arange(30.0), indexing="xy"), dim=2).view(-1, 2)
+    per_level = []
+    for s in scales[:6]:
+        origin = round(300 * s / 2)                                    # the same photo region at every level
+        per_level.append(cell_boxes(grid + origin, torch.full((len(grid), 1), s, dtype=torch.float32)))
+    worst = max(float(box_iou(a, b).max()) for i, a in enumerate(per_level) for b in per_level[i + 1:])
+    if not _levels_may_overlap(scales, 0.7):
+        assert worst <= 0.7
+    if factor >= 0.9:
+        assert _levels_may_overlap(scales, 0.7) and worst > 0.7
+
+
+def test_skipping_the_cross_level_nms_changes_no_detection(astronaut: np.ndarray, monkeypatch) -> None:
+    """The cascade with the cross-level NMS forced on finds exactly what it finds with the NMS skipped."""
+    photos = [astronaut, np.ascontiguousarray(astronaut[::2, ::3]), np.ascontiguousarray(astronaut[50:, 20:400])]
+    skipped = FaceDetector(device="cpu").detect_arrays(photos)
+    monkeypatch.setattr(cascade, "_levels_may_overlap", lambda scales, threshold: True)
+    forced = FaceDetector(device="cpu").detect_arrays(photos)
+    for a, b in zip(skipped, forced):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+        assert torch.equal(a.landmarks, b.landmarks)
 
 
 def test_edge_modes_differ_only_for_faces_at_the_border(detector: FaceDetector, astronaut: np.ndarray) -> None:
