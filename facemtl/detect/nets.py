@@ -82,12 +82,13 @@ def _window_max_3s2(v: torch.Tensor, axis: int) -> torch.Tensor:
 
 def _max_pool_3x3_s2(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
     """``pool`` (3x3, stride 2, ceil mode); on channels-last input as elementwise maxima over strided views,
-    columns then rows. Used where it measured faster than torch's pooling, which also writes argmax indices
-    and leaves a channel count that is not a multiple of 8 partly unvectorised (R-Net's 28: ~2.5x)."""
+    rows first (whole rows are long contiguous runs, and they halve the data for the column pass: ~20% faster
+    than columns first). Used where it measured faster than torch's pooling, which also writes argmax indices
+    and leaves a channel count that is not a multiple of 8 partly unvectorised (R-Net's 28: ~2x)."""
     if not _is_channels_last(x):
         return pool(x)
     v = x.permute(0, 2, 3, 1)
-    return _window_max_3s2(_window_max_3s2(v, 2), 1).permute(0, 3, 1, 2)
+    return _window_max_3s2(_window_max_3s2(v, 1), 2).permute(0, 3, 1, 2)
 
 
 class PNet(nn.Module):
