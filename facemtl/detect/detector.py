@@ -69,7 +69,7 @@ class FaceDetector:
         On the CPU a list is shared among single-threaded workers, one per torch thread, each taking the next
         photo as soon as it is free: these small convolutions scale poorly across threads inside one op, far
         better across photos, and photos differ up to 10x in cost, so fixed shares leave a worker idle. Each
-        photo runs alone there: on the CPU batching photos together saves about 2% (``tools/bench_detect.py
+        photo runs alone there: on the CPU batching photos together saves 1-3.5% (``tools/bench_detect.py
         --batching`` measures both), uneven fixed shares cost more. Elsewhere the whole list is one batched
         call. torch's thread count is restored.
         """
