@@ -169,6 +169,7 @@ OP_KINDS = (("conv", r"aten::.*convolution.*"), ("gathers", r"aten::(index_selec
             ("resize", r"aten::(_?adaptive_avg_pool2d|upsample.*|avg_pool2d)"),
             ("max-pool", r"aten::(max_pool2d.*|maximum)"), ("PReLU", r"aten::.*prelu.*"),
             ("NMS", r"torchvision::nms"))
+KINDS = (*(kind for kind, _ in OP_KINDS), "other")
 
 
 def _op_kind(name: str) -> str:
@@ -196,16 +197,15 @@ def _profile(runners: dict[str, Callable[[np.ndarray], Boxes]], images: list[np.
                 shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total
             total = sum(shares.values())
             result[key] = {"ms_per_photo": wall * 1000 / len(images),
-                           "shares": {kind: shares.get(kind, 0.0) / total for kind in (*dict(OP_KINDS), "other")}}
+                           "shares": {kind: shares.get(kind, 0.0) / total for kind in KINDS}}
     return result
 
 
 def _print_profile(profiles: dict[str, dict], photos: int) -> None:
-    kinds = [kind for kind, _ in OP_KINDS] + ["other"]
     print(f"\nwhere the time goes, one thread, first {photos} photos (torch profiler, % of self CPU time)")
-    print(f"{'detector':<18}{'ms/photo':>10}" + "".join(f"{k:>10}" for k in kinds))
+    print(f"{'detector':<18}{'ms/photo':>10}" + "".join(f"{k:>10}" for k in KINDS))
     for key, p in profiles.items():
-        print(f"{key:<18}{p['ms_per_photo']:>10.1f}" + "".join(f"{100 * p['shares'][k]:>10.1f}" for k in kinds))
+        print(f"{key:<18}{p['ms_per_photo']:>10.1f}" + "".join(f"{100 * p['shares'][k]:>10.1f}" for k in KINDS))
     print("(ms/photo measured under the profiler, which adds its own overhead; resize: torch's area interpolation,\n"
           " which facemtl replaces by gathers from a summed-area table; max-pool includes facemtl's pooling on views)")
 
