@@ -401,12 +401,13 @@ class Cascade(nn.Module):
         scores, offsets = prob[cy, cx], reg[cy, cx]
         level_ids = owner[cy, cx].long()
         origin = torch.tensor([[lv.x // 2, lv.y // 2] for lv in levels], device=device)
-        scale = torch.tensor([lv.scale for lv in levels], device=device)[level_ids, None]
+        scales = [lv.scale for lv in levels]
+        scale = torch.tensor(scales, device=device)[level_ids, None]
         boxes = cell_boxes((torch.stack([cx, cy], dim=1) - origin[level_ids]).float(), scale)
         keep = batched_nms(boxes, scores, level_ids, LEVEL_NMS)
         level_image = torch.tensor([lv.image for lv in levels], device=device)
         boxes, scores, offsets, image_ids = boxes[keep], scores[keep], offsets[keep], level_image[level_ids[keep]]
-        if _levels_may_overlap([lv.scale for lv in levels], CROSS_LEVEL_NMS):
+        if _levels_may_overlap(scales, CROSS_LEVEL_NMS):
             keep = batched_nms(boxes, scores, image_ids, CROSS_LEVEL_NMS)
             boxes, offsets, image_ids = boxes[keep], offsets[keep], image_ids[keep]
         return _square(_regress(boxes, offsets, plus_one=False)), image_ids
