@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -186,8 +187,7 @@ def main() -> None:
         rows[name] = evaluate_run(model, out, args.refine)
         print(f"[{name}] " + ", ".join(f"{k} {v:.2f}" for k, v in rows[name].items()), flush=True)
     report = [f"Ablation: {args.steps} steps per run ({args.epochs} epochs), seed {args.seed}, base config "
-              f"{args.config.name}; command: python tools/ablate.py"
-              + "".join(f" --{f}" for f in ("sharing", "gradient", "affinity") if getattr(args, f)),
+              f"{args.config.name}; command: {shlex.join(['python', 'tools/ablate.py', *sys.argv[1:]])}",
               "", table(rows)]
     aff = affinity(rows, args.out)
     if aff:
