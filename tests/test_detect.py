@@ -135,22 +135,16 @@ def test_packing_places_levels_apart_inside_the_canvas_at_even_offsets(sizes: li
 def test_pnet_on_a_packed_canvas_equals_pnet_on_each_level_alone(threshold: float) -> None:
     """Packing (with MTCNN's ceil-mode cells on odd sides) changes no P-Net output cell: every probability, and
     the regression of every cell at or above the threshold (the only ones the banded run computes)."""
-    from facemtl.detect.cascade import PNET_CELL, _level_cells, _run_pnet_banded
+    from facemtl.detect.cascade import _level_cells, _level_maps, _run_pnet_banded
     pnet = fold_input_scaling(load_detector_nets()["pnet"]).eval()
     rng = np.random.default_rng(0)
     levels = [_Level(i, 1.0, h, w) for i, (h, w) in enumerate([(37, 52), (40, 33), (25, 25), (60, 91)])]
     images = [rng.integers(0, 256, (lv.height, lv.width, 3)).astype(np.float32) for lv in levels]
     height, width = _pack(levels)
     canvas = torch.zeros(1, height, width, 3)
-    outside = torch.zeros(height - 2, width - 2, dtype=torch.bool)
-    owner = torch.full(((height - PNET_CELL) // 2 + 1, (width - PNET_CELL) // 2 + 1), -1, dtype=torch.int32)
-    for k, (lv, img) in enumerate(zip(levels, images)):
+    for lv, img in zip(levels, images):
         canvas[0, lv.y:lv.y + lv.height, lv.x:lv.x + lv.width] = torch.from_numpy(img)
-        owner[lv.y // 2:lv.y // 2 + _level_cells(lv.height), lv.x // 2:lv.x // 2 + _level_cells(lv.width)] = k
-        if lv.width % 2:
-            outside[lv.y:lv.y + lv.height - 1, lv.x + lv.width - 2] = True
-        if lv.height % 2:
-            outside[lv.y + lv.height - 2, lv.x:lv.x + lv.width - 1] = True
+    owner, outside = _level_maps(levels, height, width, torch.device("cpu"))
     with torch.no_grad():
         prob, reg = _run_pnet_banded(pnet, canvas.permute(0, 3, 1, 2), outside, owner >= 0, threshold,
                                      band_pixels=3000)

@@ -28,6 +28,10 @@ LEVEL_NMS = 0.5
 """IoU above which P-Net's boxes suppress each other within one pyramid level..."""
 CROSS_LEVEL_NMS = 0.7
 """...and then across the levels of a photo (MTCNN's values)."""
+RNET_NMS = 0.7
+"""IoU above which R-Net's boxes suppress each other within a photo..."""
+ONET_NMS = 0.7
+"""...and O-Net's, measured as intersection over the smaller box (MTCNN's values)."""
 
 
 @dataclass(frozen=True)
@@ -207,9 +211,31 @@ def fold_input_scaling(net: nn.Module) -> nn.Module:
     return net
 
 
+def _pnet_grid(side: int) -> int:
+    """P-Net output cells along a canvas side: one per 12-pixel window at stride 2."""
+    return (side - PNET_CELL) // PNET_STRIDE + 1
+
+
 def _level_cells(side: int) -> int:
     """P-Net output cells along a level side, counting MTCNN's last, partly outside, window on odd sides."""
     return (side - 1) // 2 - 4
+
+
+def _level_maps(levels: list[_Level], height: int, width: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a packed canvas: the level owning each P-Net cell (-1 for none) and the canvas pixels that
+    MTCNN's last, partly outside, window on an odd side reads as outside its level."""
+    owner = torch.full((_pnet_grid(height), _pnet_grid(width)), -1, dtype=torch.int32, device=device)
+    outside = torch.zeros(height - 2, width - 2, dtype=torch.bool, device=device)
+    for k, lv in enumerate(levels):
+        y, x, h, w = lv.y, lv.x, lv.height, lv.width
+        cy, cx = y // PNET_STRIDE, x // PNET_STRIDE
+        owner[cy:cy + _level_cells(h), cx:cx + _level_cells(w)] = k
+        if w % 2:
+            outside[y:y + h - 1, x + w - 2] = True
+        if h % 2:
+            outside[y + h - 2, x:x + w - 1] = True
+    return owner, outside
 
 
 def _run_pnet_banded(pnet: PNet, canvas: torch.Tensor, outside: torch.Tensor, owned: torch.Tensor, threshold: float,
@@ -219,8 +245,8 @@ def _run_pnet_banded(pnet: PNet, canvas: torch.Tensor, outside: torch.Tensor, ow
     probability reaches ``threshold`` (other entries are left unset). Both maps are allocated once, so no
     band leaves small tensors behind to fragment the heap under the next band's large ones."""
     height, width = canvas.shape[2], canvas.shape[3]
-    rows_out = (height - PNET_CELL) // PNET_STRIDE + 1
-    band_rows = max(1, (band_pixels // width - PNET_CELL) // PNET_STRIDE + 1)
+    rows_out = _pnet_grid(height)
+    band_rows = max(1, _pnet_grid(band_pixels // width))
     prob = torch.empty(owned.shape, device=canvas.device)
     reg = torch.empty(*owned.shape, 4, device=canvas.device)
     for start in range(0, rows_out, band_rows):
@@ -382,17 +408,9 @@ class Cascade(nn.Module):
             return torch.zeros(0, 4, device=device), torch.zeros(0, dtype=torch.long, device=device)
         height, width = _pack(levels)
         canvas = torch.zeros(1, height, width, 3, device=device)
-        owner = torch.full(((height - PNET_CELL) // 2 + 1, (width - PNET_CELL) // 2 + 1), -1,
-                           dtype=torch.int32, device=device)
-        outside = torch.zeros(height - 2, width - 2, dtype=torch.bool, device=device)
-        for k, lv in enumerate(levels):
-            y, x, h, w = lv.y, lv.x, lv.height, lv.width
-            area_resize(tables[lv.image], h, w, canvas[0, y:y + h, x:x + w])
-            owner[y // 2:y // 2 + _level_cells(h), x // 2:x // 2 + _level_cells(w)] = k
-            if w % 2:
-                outside[y:y + h - 1, x + w - 2] = True
-            if h % 2:
-                outside[y + h - 2, x:x + w - 1] = True
+        for lv in levels:
+            area_resize(tables[lv.image], lv.height, lv.width, canvas[0, lv.y:lv.y + lv.height, lv.x:lv.x + lv.width])
+        owner, outside = _level_maps(levels, height, width, device)
         owned = owner >= 0
         prob, reg = _run_pnet_banded(self.pnet, canvas.permute(0, 3, 1, 2), outside, owned, cfg.thresholds[0],
                                      cfg.band_pixels)
@@ -400,7 +418,7 @@ class Cascade(nn.Module):
         cy, cx = ((prob >= cfg.thresholds[0]) & owned).nonzero(as_tuple=True)
         scores, offsets = prob[cy, cx], reg[cy, cx]
         level_ids = owner[cy, cx].long()
-        origin = torch.tensor([[lv.x // 2, lv.y // 2] for lv in levels], device=device)
+        origin = torch.tensor([[lv.x // PNET_STRIDE, lv.y // PNET_STRIDE] for lv in levels], device=device)
         scales = [lv.scale for lv in levels]
         scale = torch.tensor(scales, device=device)[level_ids, None]
         boxes = cell_boxes((torch.stack([cx, cy], dim=1) - origin[level_ids]).float(), scale)
@@ -421,7 +439,7 @@ class Cascade(nn.Module):
         offsets, scores = _chunked(self.rnet, _crops(tables, boxes, image_ids, 24, cfg.edge), cfg.chunk)
         ok = scores > cfg.thresholds[1]
         boxes, scores, offsets, image_ids = boxes[ok], scores[ok], offsets[ok], image_ids[ok]
-        keep = batched_nms(boxes, scores, image_ids, 0.7)
+        keep = batched_nms(boxes, scores, image_ids, RNET_NMS)
         return _square(_regress(boxes[keep], offsets[keep])), image_ids[keep]
 
     def _stage3(self, tables: list[torch.Tensor], boxes: torch.Tensor, image_ids: torch.Tensor,
@@ -436,5 +454,5 @@ class Cascade(nn.Module):
         size = boxes[:, 2:] - boxes[:, :2] + 1
         landmarks = torch.stack([points[:, :5], points[:, 5:]], dim=2) * size[:, None, :] + boxes[:, None, :2] - 1
         boxes = _regress(boxes, offsets)
-        keep = nms_min(boxes, scores, image_ids, 0.7)
+        keep = nms_min(boxes, scores, image_ids, ONET_NMS)
         return boxes[keep], scores[keep], landmarks[keep], image_ids[keep]
