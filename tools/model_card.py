@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--compare-epoch", type=int, default=None, help="the epoch compared (default: the last both have)")
     parser.add_argument("--unrefined", type=Path, default=None,
                         help="evaluation.json of `facemtl evaluate MODEL --refine 0`: shows what re-alignment adds")
+    parser.add_argument("--unprojected", type=Path, default=None,
+                        help="evaluation.json of the same weights without the embedding's projection")
     args = parser.parse_args()
     model = load_model(args.model)
     cfg = json.loads((args.run / "config.json").read_text())
@@ -58,6 +60,7 @@ def main() -> None:
     ev = json.loads(args.evaluation.read_text())
     figures = headline(ev)
     unrefined = None if args.unrefined is None else headline(json.loads(args.unrefined.read_text()))
+    unprojected = None if args.unprojected is None else headline(json.loads(args.unprojected.read_text()))
     meta = model.meta
     wall = args.wall if args.wall is not None else float(meta.get("wall_s", 0.0))
     views = 2 if cfg["data"]["mtfl_verification"] == "views" else 1     # as the trainer's batch plan
@@ -76,7 +79,8 @@ def main() -> None:
         f"- Heads: identity softmax over {model.config.num_identities} training identities, "
         f"{model.config.embedding_dim}-D L2-normalised embedding (DeepID2 contrastive loss), 5 landmarks, "
         "CelebA's 40 attributes, 5-way head pose.",
-        f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}, "
+        f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f} "
+        "(between projected embeddings, see below), "
         f"the threshold with the best accuracy over all pairs of the CelebA val identities (never seen in "
         f"training, disjoint from test): {_threshold_note(meta)}. The test figures below choose their "
         "thresholds fold by fold (10-fold protocol).",
@@ -103,7 +107,8 @@ def main() -> None:
         f"`python tools/model_card.py --model {args.model} --run {args.run} --evaluation {args.evaluation} "
         f"--out {args.out}" + (f" --compare {args.compare}" if args.compare else "")
         + (f" --compare-epoch {args.compare_epoch}" if args.compare_epoch is not None else "")
-        + (f" --unrefined {args.unrefined}" if args.unrefined else "") + "`).",
+        + (f" --unrefined {args.unrefined}" if args.unrefined else "")
+        + (f" --unprojected {args.unprojected}" if args.unprojected else "") + "`).",
         "",
         "| figure | value | bar |",
         "|---|---:|---|",
@@ -116,6 +121,8 @@ def main() -> None:
     if unrefined is not None:
         detector_nme = ev.get("mtfl", {}).get("detector_landmarks_nme_percent", float("nan"))
         lines += ["", *_refinement(figures, unrefined, args.model, detector_nme)]
+    if unprojected is not None:
+        lines += ["", *_projection(figures, unprojected, meta)]
     if args.compare is not None:
         lines += ["", *_comparison(args.run, args.compare, args.compare_epoch)]
     celeba, wild, mtfl = ev.get("celeba", {}), ev.get("wild", {}), ev.get("mtfl", {})
@@ -156,6 +163,8 @@ def main() -> None:
             "evaluation_command": f"facemtl evaluate {args.model} --out DIR", "evaluation": figures,
             "refine_passes": ev.get("refine_passes", 0),
             "evaluation_refine_0": unrefined,
+            "verification_projection": json.loads(meta.get("verification_projection", "{}")),
+            "evaluation_without_projection": unprojected,
             }, indent=1) + "\n")
     print(f"wrote {args.out}")
 
@@ -180,19 +189,38 @@ def _command(cfg: dict[str, Any], meta: dict[str, str]) -> str:
     return ", ".join(parts) + " (the cosine learning rate follows the new length from the change on)"
 
 
+def _changes(figures: dict[str, float], before: dict[str, float], label: str) -> list[str]:
+    """A table of the figures that differ from ``before`` (the ``label`` column), with the change."""
+    lines = [f"| figure | {label} | default | change |", "|---|---:|---:|---:|"]
+    for key, value in figures.items():
+        if key in before and f"{before[key]:.2f}" != f"{value:.2f}":
+            lines.append(f"| {LABELS.get(key, key)} | {before[key]:.2f} | {value:.2f} | {value - before[key]:+.2f} |")
+    return lines
+
+
 def _refinement(figures: dict[str, float], before: dict[str, float], model: Path, detector_nme: float) -> list[str]:
     """The figures with and without re-alignment on the CNN's landmarks, where they differ."""
-    lines = ["## What re-alignment adds", "",
-             f"MTFL training crops are aligned on the annotated landmarks, test crops on the detector's ({detector_nme:.1f}% "
-             "NME on MTFL test): re-aligning each test face on the CNN's own landmarks brings the crop closer to what "
-             f"training saw. Against `facemtl evaluate {model} --refine 0` (detector alignment only):", "",
-             "| figure | --refine 0 | default | change |", "|---|---:|---:|---:|"]
-    for key, value in figures.items():
-        if key in before and abs(before[key] - value) > 1e-9:
-            lines.append(f"| {LABELS.get(key, key)} | {before[key]:.2f} | {value:.2f} | {value - before[key]:+.2f} |")
-    lines += ["", "Embeddings (and so every verification figure) always come from the detector-aligned crop, the "
-              "alignment identity training saw."]
-    return lines
+    return ["## What re-alignment adds", "",
+            f"MTFL training crops are aligned on the annotated landmarks, test crops on the detector's ({detector_nme:.1f}% "
+            "NME on MTFL test): re-aligning each test face on the CNN's own landmarks brings the crop closer to what "
+            f"training saw. Against `facemtl evaluate {model} --refine 0` (detector alignment only):", "",
+            *_changes(figures, before, "--refine 0"), "",
+            "Embeddings (and so every verification figure) always come from the detector-aligned crop, the "
+            "alignment identity training saw."]
+
+
+def _projection(figures: dict[str, float], before: dict[str, float], meta: dict[str, str]) -> list[str]:
+    """What the embedding's projection (fit by tools/ship_model.py on the training identities) adds."""
+    fit = json.loads(meta.get("verification_projection", "{}"))
+    tried = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in fit.get("val_accuracy_by_shrinkage", {}).items())
+    return ["## What the embedding's projection adds", "",
+            f"`tools/ship_model.py --config configs/deepid2.toml` fits a {fit.get('method', 'no')} projection "
+            f"on {fit.get('fit_on', 'nothing')} (`facemtl.train.projection`): cosine similarity then discounts "
+            "the directions along which one person's faces vary, as DeepID2's Joint Bayesian scoring did. "
+            f"The shrinkage is chosen on CelebA val pairs (accuracy by shrinkage: {tried}); it is "
+            f"{fit.get('shrinkage')}. Against the same weights without it (`tools/ship_model.py` without "
+            "`--config`, then `facemtl evaluate`):", "",
+            *_changes(figures, before, "no projection")]
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

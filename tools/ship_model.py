@@ -1,7 +1,10 @@
-"""Turn a trained model into the shipped one: calibrate its verification threshold on CelebA *val* pairs
-(identities disjoint from both training and test) and store it in the model file.
+"""Turn a trained model into the shipped one: fit the embedding's projection on the training identities
+(within-identity whitening, ``facemtl.train.projection``), then calibrate the verification threshold on
+CelebA *val* pairs (identities disjoint from both training and test); both go into the model file.
 
-    python tools/ship_model.py runs/deepid2/model.pt weights/facemtl-deepid2.pt [--data DIR] [--force]
+Each shrinkage given (and no projection at all) is tried; the one with the best CelebA val accuracy is kept.
+
+    python tools/ship_model.py runs/deepid2/model.pt weights/facemtl-deepid2.pt --config configs/deepid2.toml
 """
 from __future__ import annotations
 
@@ -9,9 +12,42 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from facemtl.analyzer import FaceAnalyzer
 from facemtl.data import data_root
+from facemtl.data.landmark_cache import default_cache_dir
+from facemtl.data.mixed import build_table
 from facemtl.evaluate.suite import calibrate_threshold
+from facemtl.train.config import load_config
+from facemtl.train.projection import fit_within_whitening, set_projection, training_embeddings
+from facemtl.train.trainer import table_specs
+
+
+def fit_projection(analyzer: FaceAnalyzer, config: Path, shrinkages: list[float], root: Path) -> dict[str, object]:
+    """Try each shrinkage (and none) on the run's training identities; keep the best on CelebA val pairs."""
+    spec = table_specs(load_config(config))["train"]
+    table = build_table(spec, default_cache_dir(None))
+    rows = table.identity >= 0
+    pad, size = spec.padding, spec.input_size
+    crops = np.ascontiguousarray(table.crops[rows][:, pad:pad + size, pad:pad + size])
+    model = analyzer.model
+    set_projection(model, None, None)
+    embeddings = training_embeddings(model, crops, analyzer.device)
+    identities = np.tile(table.identity[rows], 2)
+    tried: dict[str, float] = {"none": calibrate_threshold(analyzer, root)["val_accuracy"]}
+    fits = {"none": (None, None)}
+    for shrinkage in shrinkages:
+        fits[str(shrinkage)] = fit_within_whitening(embeddings, identities, shrinkage)
+        set_projection(model, *fits[str(shrinkage)])
+        tried[str(shrinkage)] = calibrate_threshold(analyzer, root)["val_accuracy"]
+        print(f"shrinkage {shrinkage}: CelebA val accuracy {100 * tried[str(shrinkage)]:.2f}% "
+              f"(no projection {100 * tried['none']:.2f}%)", flush=True)
+    best = max(tried, key=tried.__getitem__)
+    set_projection(model, *fits[best])
+    return {"method": "within-identity whitening" if best != "none" else "none", "shrinkage": best,
+            "fit_on": f"{int(rows.sum())} faces of {len(np.unique(table.identity[rows]))} training identities "
+                      "and their mirror images", "val_accuracy_by_shrinkage": tried}
 
 
 def main() -> None:
@@ -19,15 +55,22 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the run's config: its training identities fit the projection (none without it)")
+    parser.add_argument("--shrinkage", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3],
+                        help="shrinkages to try for the projection")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     args = parser.parse_args()
     if args.out.exists() and not args.force:
         parser.error(f"{args.out} exists; pass --force to replace it")
     analyzer = FaceAnalyzer(model=args.model, device="cpu")
-    found = calibrate_threshold(analyzer, args.data or data_root())
+    root = args.data or data_root()
     model = analyzer.model
-    model.config.verification_threshold = found["threshold"]
     meta = dict(model.meta)
+    if args.config is not None:
+        meta["verification_projection"] = json.dumps(fit_projection(analyzer, args.config, args.shrinkage, root))
+    found = calibrate_threshold(analyzer, root)
+    model.config.verification_threshold = found["threshold"]
     meta["verification_threshold"] = json.dumps({**found, "chosen_on": "all same/different pairs of the CelebA "
                                                  "val identities, flip-averaged embeddings"})
     model.save(args.out, meta)

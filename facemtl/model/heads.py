@@ -41,15 +41,25 @@ class IdentityHead(nn.Module):
 
 
 class EmbeddingHead(nn.Module):
-    """L2-normalised identity embedding used for verification (cosine similarity)."""
+    """L2-normalised identity embedding used for verification (cosine similarity).
+
+    ``forward`` gives the embedding training shapes; ``project`` maps it through a fixed linear projection fit
+    after training (``facemtl.train.projection``: LDA on the training identities), the identity until then.
+    """
 
     def __init__(self, in_features: int, dim: int) -> None:
         super().__init__()
         self.fc = nn.Linear(in_features, dim, bias=False)
         self.bn = nn.BatchNorm1d(dim)
+        self.register_buffer("center", torch.zeros(dim))
+        self.register_buffer("projection", torch.eye(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.bn(self.fc(x)), dim=1)
+
+    def project(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The verification embedding: centred, projected and L2-normalised again."""
+        return F.normalize((embedding - self.center) @ self.projection, dim=1)
 
 
 class LandmarkHead(nn.Module):
