@@ -79,8 +79,8 @@ def main() -> None:
         f"- Heads: identity softmax over {model.config.num_identities} training identities, "
         f"{model.config.embedding_dim}-D L2-normalised embedding (DeepID2 contrastive loss), 5 landmarks, "
         "CelebA's 40 attributes, 5-way head pose.",
-        f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f} "
-        "(between projected embeddings, see below), "
+        f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}"
+        + (" (between projected embeddings, see below), " if _projected(meta) else ", ") +
         f"the threshold with the best accuracy over all pairs of the CelebA val identities (never seen in "
         f"training, disjoint from test): {_threshold_note(meta)}. The test figures below choose their "
         "thresholds fold by fold (10-fold protocol).",
@@ -167,6 +167,11 @@ def main() -> None:
             "evaluation_without_projection": unprojected,
             }, indent=1) + "\n")
     print(f"wrote {args.out}")
+
+
+def _projected(meta: dict[str, str]) -> bool:
+    """Whether tools/ship_model.py stored a projection in the model."""
+    return json.loads(meta.get("verification_projection", "{}")).get("method", "none") != "none"
 
 
 def _threshold_note(meta: dict[str, str]) -> str:
