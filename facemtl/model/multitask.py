@@ -117,8 +117,7 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Crops (N,3,S,S) with pixel values 0..255 (any float or uint8 dtype) -> outputs by name."""
-        x = (x.to(self.mean.dtype) - self.mean) / self.std
-        features = self.sharing(x)
+        features = self.shared_features(x)
         on_embedding = self.config.identity_from == "embedding"
         out = {name: head(features[self.head_group[name]]) for name, head in self.heads.items()
                if not (on_embedding and name == "identity")}
@@ -127,6 +126,10 @@ class MultiTaskNet(nn.Module):
         if "embedding" in out:
             out["embedding"] = self.heads["embedding"].project(out["embedding"])
         return out
+
+    def shared_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Crops (N,3,S,S) with pixel values 0..255 -> the sharing design's feature vector per head group."""
+        return self.sharing((x.to(self.mean.dtype) - self.mean) / self.std)
 
     def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
         """Write the model (weights + config + optional metadata) as one checksummed facemtl file."""

@@ -53,8 +53,7 @@ def training_embeddings(model: MultiTaskNet, crops: np.ndarray, device: torch.de
     for start in range(0, len(crops), batch_size):
         x = torch.from_numpy(crops[start:start + batch_size]).to(device).permute(0, 3, 1, 2).float()
         for part, view in zip(parts, (x, x.flip(3))):
-            features = model.sharing((view - model.mean) / model.std)[group]
-            part.append(head(features).float().cpu().numpy())
+            part.append(head(model.shared_features(view)[group]).float().cpu().numpy())
     return np.concatenate([np.concatenate(p) for p in parts])
 
 
