@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import platform
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ import torch
 
 from facemtl.evaluate.suite import headline
 from facemtl.model.multitask import load_model
-from facemtl.train.config import RunConfig
+from facemtl.train.config import RunConfig, load_config
+
+CONFIG = "configs/deepid2.toml"
+"""The recipe's config file; a card lists the settings where its run differed from it."""
+SET_BY_TRAINER = {"model.num_identities"}
+"""Settings the trainer fills in from the data, not given on the command line."""
 
 BARS = {"mtfl_nme_%": ("<=", 8.5), "mtfl_failure_%": ("<=", 15.0), "mtfl_gender_%": (">=", 90.0),
         "mtfl_smile_%": (">=", 85.0), "mtfl_glasses_%": (">=", 95.0), "celeba_attr_mean_%": (">=", 87.0),
@@ -51,6 +57,8 @@ def main() -> None:
     parser.add_argument("--compare-epoch", type=int, default=None, help="the epoch compared (default: the last both have)")
     parser.add_argument("--unrefined", type=Path, default=None,
                         help="evaluation.json of `facemtl evaluate MODEL --refine 0`: shows what re-alignment adds")
+    parser.add_argument("--compare-test", type=Path, nargs=2, default=None, metavar=("EARLIER", "THIS"),
+                        help="evaluation.json of the earlier run's model and of this run's, evaluated alike")
     parser.add_argument("--unprojected", type=Path, default=None,
                         help="evaluation.json of the same weights without the embedding's projection")
     args = parser.parse_args()
@@ -108,7 +116,8 @@ def main() -> None:
         f"--out {args.out}" + (f" --compare {args.compare}" if args.compare else "")
         + (f" --compare-epoch {args.compare_epoch}" if args.compare_epoch is not None else "")
         + (f" --unrefined {args.unrefined}" if args.unrefined else "")
-        + (f" --unprojected {args.unprojected}" if args.unprojected else "") + "`).",
+        + (f" --unprojected {args.unprojected}" if args.unprojected else "")
+        + (" --compare-test " + " ".join(map(str, args.compare_test)) if args.compare_test else "") + "`).",
         "",
         "| figure | value | bar |",
         "|---|---:|---|",
@@ -125,6 +134,8 @@ def main() -> None:
         lines += ["", *_projection(figures, unprojected, meta)]
     if args.compare is not None:
         lines += ["", *_comparison(args.run, args.compare, args.compare_epoch)]
+    if args.compare_test is not None:
+        lines += ["", *_test_comparison(*args.compare_test)]
     celeba, wild, mtfl = ev.get("celeba", {}), ev.get("wild", {}), ev.get("mtfl", {})
     oracle = mtfl.get("landmarks_annotated_alignment", {})
     lines += [
@@ -182,21 +193,35 @@ def _threshold_note(meta: dict[str, str]) -> str:
 
 
 def _command(cfg: dict[str, Any], meta: dict[str, str]) -> str:
-    """The training command(s), including a change of schedule made on resume (``--reschedule``)."""
+    """The training command(s): the settings where the run differs from ``CONFIG`` as ``--set``, and a change
+    of schedule made on resume (``--reschedule``)."""
     steps = json.loads(meta.get("reschedules", "[]"))
+    base = json.loads(json.dumps(_flat(load_config(CONFIG).to_dict())))
+    run = _flat(cfg)
+    sets = [shlex.quote(f"{k}={_toml(v)}") for k, v in run.items()
+            if k not in {"out_dir", *SET_BY_TRAINER} and base.get(k) != v and not (steps and k == "train.epochs")]
+    train = f"facemtl train --config {CONFIG} --out {cfg['out_dir']}" + "".join(f" --set {s}" for s in sets)
     if not steps:
-        return "`facemtl train --config configs/deepid2.toml`"
-    parts = [f"`facemtl train --config configs/deepid2.toml --set train.epochs={steps[0]['from_epochs']}` "
-             f"to epoch {steps[0]['at_epoch']}"]
-    parts += [f"then `facemtl train --config configs/deepid2.toml --set train.epochs={s['to_epochs']} --reschedule`"
+        return f"`{train}`"
+    parts = [f"`{train} --set train.epochs={steps[0]['from_epochs']}` to epoch {steps[0]['at_epoch']}"]
+    parts += [f"then `{train} --set train.epochs={s['to_epochs']} --reschedule`"
               + (f" to epoch {steps[i + 1]['at_epoch']}" if i + 1 < len(steps) else "")
               for i, s in enumerate(steps)]
     return ", ".join(parts) + " (the cosine learning rate follows the new length from the change on)"
 
 
-def _changes(figures: dict[str, float], before: dict[str, float], label: str) -> list[str]:
+def _toml(value: Any) -> str:
+    """A config value as a TOML literal, as ``--set`` reads it."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _changes(figures: dict[str, float], before: dict[str, float], label: str, after: str = "default") -> list[str]:
     """A table of the figures that differ from ``before`` (the ``label`` column), with the change."""
-    lines = [f"| figure | {label} | default | change |", "|---|---:|---:|---:|"]
+    lines = [f"| figure | {label} | {after} | change |", "|---|---:|---:|---:|"]
     for key, value in figures.items():
         if key in before and f"{before[key]:.2f}" != f"{value:.2f}":
             lines.append(f"| {LABELS.get(key, key)} | {before[key]:.2f} | {value:.2f} | {value - before[key]:+.2f} |")
@@ -255,10 +280,19 @@ def _comparison(run: Path, other: Path, epoch: int | None) -> list[str]:
     for k in keys:
         x, y = float(rows["earlier run"][epoch][k]), float(rows["this run"][epoch][k])
         lines.append(f"| {k[4:]} | {x:.4f} | {y:.4f} | {y - x:+.4f} |")
+    final = all(epoch == max(r) for r in rows.values())
     lines += ["", f"(Read from both runs' `log.csv` by `tools/model_card.py --compare {other}`; NME: lower is "
-              "better. The runs' cosine schedules differ in length, so this compares recipes early in training, "
-              "not final models.)"]
+              "better. " + ("Both runs' last epoch: this compares the finished models.)" if final else
+                            "The runs' cosine schedules differ in length, so this compares recipes early in "
+                            "training, not final models.)")]
     return lines
+
+
+def _test_comparison(other: Path, this: Path) -> list[str]:
+    """Test figures of the earlier run's model and of this one, from two evaluation.json files."""
+    before, after = (headline(json.loads(p.read_text())) for p in (other, this))
+    return ["Test figures, both through `facemtl evaluate` with the same settings "
+            f"(`{other}` against `{this}`):", "", *_changes(after, before, "earlier run", "this run")]
 
 
 if __name__ == "__main__":
