@@ -24,9 +24,11 @@ from facemtl.train.projection import fit_within_whitening, set_projection, train
 from facemtl.train.trainer import table_specs
 
 
-def fit_projection(analyzer: FaceAnalyzer, config: Path, shrinkages: list[float], root: Path) -> dict[str, object]:
-    """Try each shrinkage (and none) on the run's training identities; keep the best on CelebA val pairs."""
-    spec = table_specs(load_config(config))["train"]
+def fit_projection(analyzer: FaceAnalyzer, config: Path, shrinkages: list[float], root: Path,
+                   data: Path | None) -> dict[str, object]:
+    """Try each shrinkage (and none) on the run's training identities; keep the best on CelebA val pairs.
+    The training data is read from ``data`` when given, else from where the config says."""
+    spec = table_specs(load_config(config, None if data is None else {"data.root": str(data)}))["train"]
     table = build_table(spec, default_cache_dir(None))
     rows = table.identity >= 0
     pad, size = spec.padding, spec.input_size
@@ -68,7 +70,8 @@ def main() -> None:
     model = analyzer.model
     meta = dict(model.meta)
     if args.config is not None:
-        meta["verification_projection"] = json.dumps(fit_projection(analyzer, args.config, args.shrinkage, root))
+        fit = fit_projection(analyzer, args.config, args.shrinkage, root, args.data)
+        meta["verification_projection"] = json.dumps(fit)
     found = calibrate_threshold(analyzer, root)
     model.config.verification_threshold = found["threshold"]
     meta["verification_threshold"] = json.dumps({**found, "chosen_on": "all same/different pairs of the CelebA "

@@ -44,7 +44,8 @@ class EmbeddingHead(nn.Module):
     """L2-normalised identity embedding used for verification (cosine similarity).
 
     ``forward`` gives the embedding training shapes; ``project`` maps it through a fixed linear projection fit
-    after training (``facemtl.train.projection``: LDA on the training identities), the identity until then.
+    after training (``facemtl.train.projection``: within-identity whitening on the training identities), the
+    identity map until then.
     """
 
     def __init__(self, in_features: int, dim: int) -> None:
