@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from facemtl.errors import InvalidInputError
-from facemtl.model.multitask import ModelConfig, MultiTaskNet, load_model, with_default_buffers
+from facemtl.model.multitask import ModelConfig, MultiTaskNet, load_model
 from facemtl.train.projection import fit_within_whitening, set_projection, training_embeddings
 
 
@@ -102,11 +102,12 @@ def test_projection_is_applied_to_the_embedding_only_and_survives_a_model_file(t
         torch.testing.assert_close(out[name], plain[name])
 
 
-def test_model_files_written_before_the_projection_load_without_one() -> None:
+def test_model_files_written_before_the_projection_load_without_one(tmp_path: Path) -> None:
     model = MultiTaskNet(ModelConfig(num_identities=5, width=0.25))
     old = {k: v for k, v in model.state_dict().items() if not k.endswith((".center", ".projection"))}
+    assert len(old) == len(model.state_dict()) - 2
     fresh = MultiTaskNet(ModelConfig(num_identities=5, width=0.25))
-    with pytest.raises(RuntimeError, match="projection"):
-        fresh.load_state_dict(old)
-    fresh.load_state_dict(with_default_buffers(old, fresh))
+    set_projection(fresh, np.ones(fresh.config.embedding_dim), 2 * np.eye(fresh.config.embedding_dim))
+    fresh.load_state_dict(old)
     assert torch.equal(fresh.heads["embedding"].projection, torch.eye(fresh.config.embedding_dim))
+    assert not fresh.heads["embedding"].center.any()

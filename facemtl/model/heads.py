@@ -58,6 +58,12 @@ class EmbeddingHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.bn(self.fc(x)), dim=1)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Model files and checkpoints written before the projection lack its buffers: load them as none."""
+        state_dict.setdefault(prefix + "center", torch.zeros_like(self.center))
+        state_dict.setdefault(prefix + "projection", torch.eye(len(self.projection)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def project(self, embedding: torch.Tensor) -> torch.Tensor:
         """The verification embedding: centred, projected and L2-normalised again."""
         return F.normalize((embedding - self.center) @ self.projection, dim=1)

@@ -144,16 +144,9 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     try:
         config = ModelConfig.from_dict(body["config"])
         model = MultiTaskNet(config)
-        model.load_state_dict(with_default_buffers(body["state_dict"], model))
+        model.load_state_dict(body["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as exc:
         raise WeightsError(f"{path}: model file does not match this facemtl's networks: {exc}") from None
     model.meta = body.get("meta", {})
     model.model_id = f"{config.trunk}-{config.sharing}/{body['sha256'][:12]}"
     return model.to(device).eval()
-
-
-def with_default_buffers(state: dict[str, torch.Tensor], model: MultiTaskNet) -> dict[str, torch.Tensor]:
-    """Fill the embedding projection's buffers that model files written before it lack (no projection)."""
-    defaults = {k: v for k, v in model.state_dict().items()
-                if k.startswith("heads.embedding.") and k.endswith((".center", ".projection"))}
-    return {**defaults, **state}

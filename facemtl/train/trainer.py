@@ -36,7 +36,7 @@ from ..data.transforms import AugmentConfig
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, FacemtlError, WeightsError
 from ..gradients import flat_task_grads, gradient_cosines, pcgrad_backward
-from ..model.multitask import MultiTaskNet, with_default_buffers
+from ..model.multitask import MultiTaskNet
 from ..serialization import atomic_write_bytes, load_file, save_file
 from ..weighting import TaskEarlyStopping, build_weighting
 from .config import RunConfig
@@ -286,7 +286,7 @@ class Trainer:
                 print(f"rescheduled: {saved['train']['epochs']} -> {self.cfg.train.epochs} epochs at epoch "
                       f"{state['epoch']} (the cosine learning rate follows the new length from here)", flush=True)
         try:
-            self.model.load_state_dict(with_default_buffers(state["model"], self.model))
+            self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.weighting.load_state_dict(state["weighting"])
         except (RuntimeError, KeyError, ValueError) as exc:
