@@ -67,9 +67,9 @@ def main() -> None:
     rows = list(csv.DictReader(open(args.run / "log.csv")))
     ev = json.loads(args.evaluation.read_text())
     figures = headline(ev)
-    unrefined = None if args.unrefined is None else headline(json.loads(args.unrefined.read_text()))
-    unprojected = None if args.unprojected is None else headline(json.loads(args.unprojected.read_text()))
+    unrefined, unprojected = _headline(args.unrefined), _headline(args.unprojected)
     meta = model.meta
+    projection = json.loads(meta.get("verification_projection", "{}"))
     wall = args.wall if args.wall is not None else float(meta.get("wall_s", 0.0))
     views = 2 if cfg["data"]["mtfl_verification"] == "views" else 1     # as the trainer's batch plan
     speed = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s")]
@@ -88,7 +88,7 @@ def main() -> None:
         f"{model.config.embedding_dim}-D L2-normalised embedding (DeepID2 contrastive loss), 5 landmarks, "
         "CelebA's 40 attributes, 5-way head pose.",
         f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}"
-        + (" (between projected embeddings, see below), " if _projected(meta) else ", ") +
+        + (" (between projected embeddings, see below), " if projection.get("method", "none") != "none" else ", ") +
         f"the threshold with the best accuracy over all pairs of the CelebA val identities (never seen in "
         f"training, disjoint from test): {_threshold_note(meta)}. The test figures below choose their "
         "thresholds fold by fold (10-fold protocol).",
@@ -131,7 +131,7 @@ def main() -> None:
         detector_nme = ev.get("mtfl", {}).get("detector_landmarks_nme_percent", float("nan"))
         lines += ["", *_refinement(figures, unrefined, args.model, detector_nme)]
     if unprojected is not None:
-        lines += ["", *_projection(figures, unprojected, meta)]
+        lines += ["", *_projection(figures, unprojected, projection)]
     if args.compare is not None:
         lines += ["", *_comparison(args.run, args.compare, args.compare_epoch)]
     if args.compare_test is not None:
@@ -174,15 +174,15 @@ def main() -> None:
             "evaluation_command": f"facemtl evaluate {args.model} --out DIR", "evaluation": figures,
             "refine_passes": ev.get("refine_passes", 0),
             "evaluation_refine_0": unrefined,
-            "verification_projection": json.loads(meta.get("verification_projection", "{}")),
+            "verification_projection": projection,
             "evaluation_without_projection": unprojected,
             }, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 
-def _projected(meta: dict[str, str]) -> bool:
-    """Whether tools/ship_model.py stored a projection in the model."""
-    return json.loads(meta.get("verification_projection", "{}")).get("method", "none") != "none"
+def _headline(path: Path | None) -> dict[str, float] | None:
+    """The headline figures of an evaluation.json (None without a file)."""
+    return None if path is None else headline(json.loads(path.read_text()))
 
 
 def _threshold_note(meta: dict[str, str]) -> str:
@@ -239,12 +239,11 @@ def _refinement(figures: dict[str, float], before: dict[str, float], model: Path
             "alignment identity training saw."]
 
 
-def _projection(figures: dict[str, float], before: dict[str, float], meta: dict[str, str]) -> list[str]:
+def _projection(figures: dict[str, float], before: dict[str, float], fit: dict[str, Any]) -> list[str]:
     """What the embedding's projection (fit by tools/ship_model.py on the training identities) adds."""
-    fit = json.loads(meta.get("verification_projection", "{}"))
     tried = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in fit.get("val_accuracy_by_shrinkage", {}).items())
     return ["## What the embedding's projection adds", "",
-            f"`tools/ship_model.py --config configs/deepid2.toml` fits a {fit.get('method', 'no')} projection "
+            f"`tools/ship_model.py --config {CONFIG}` fits a {fit.get('method', 'no')} projection "
             f"on {fit.get('fit_on', 'nothing')} (`facemtl.train.projection`): cosine similarity then discounts "
             "the directions along which one person's faces vary, as DeepID2's Joint Bayesian scoring did. "
             f"The shrinkage is chosen on CelebA val pairs (accuracy by shrinkage: {tried}); it is "
@@ -290,7 +289,7 @@ def _comparison(run: Path, other: Path, epoch: int | None) -> list[str]:
 
 def _test_comparison(other: Path, this: Path) -> list[str]:
     """Test figures of the earlier run's model and of this one, from two evaluation.json files."""
-    before, after = (headline(json.loads(p.read_text())) for p in (other, this))
+    before, after = _headline(other), _headline(this)
     return ["Test figures, both through `facemtl evaluate` with the same settings "
             f"(`{other}` against `{this}`):", "", *_changes(after, before, "earlier run", "this run")]
 
