@@ -25,9 +25,10 @@ from facemtl.train.trainer import table_specs
 
 
 def fit_projection(analyzer: FaceAnalyzer, config: Path, shrinkages: list[float], root: Path,
-                   data: Path | None) -> dict[str, object]:
+                   data: Path | None) -> tuple[dict[str, object], dict[str, float]]:
     """Try each shrinkage (and none) on the run's training identities; keep the best on CelebA val pairs.
-    The training data is read from ``data`` when given, else from where the config says."""
+    The training data is read from ``data`` when given, else from where the config says. Returns the fit's
+    record and the kept choice's threshold calibration."""
     spec = table_specs(load_config(config, None if data is None else {"data.root": str(data)}))["train"]
     table = build_table(spec, default_cache_dir(None))
     rows = table.identity >= 0
@@ -37,19 +38,22 @@ def fit_projection(analyzer: FaceAnalyzer, config: Path, shrinkages: list[float]
     set_projection(model, None, None)
     embeddings = training_embeddings(model, crops, analyzer.device)
     identities = np.tile(table.identity[rows], 2)
-    tried: dict[str, float] = {"none": calibrate_threshold(analyzer, root)["val_accuracy"]}
     fits = {"none": (None, None)}
+    found = {"none": calibrate_threshold(analyzer, root)}
     for shrinkage in shrinkages:
-        fits[str(shrinkage)] = fit_within_whitening(embeddings, identities, shrinkage)
-        set_projection(model, *fits[str(shrinkage)])
-        tried[str(shrinkage)] = calibrate_threshold(analyzer, root)["val_accuracy"]
-        print(f"shrinkage {shrinkage}: CelebA val accuracy {100 * tried[str(shrinkage)]:.2f}% "
-              f"(no projection {100 * tried['none']:.2f}%)", flush=True)
+        key = str(shrinkage)
+        fits[key] = fit_within_whitening(embeddings, identities, shrinkage)
+        set_projection(model, *fits[key])
+        found[key] = calibrate_threshold(analyzer, root)
+        print(f"shrinkage {shrinkage}: CelebA val accuracy {100 * found[key]['val_accuracy']:.2f}% "
+              f"(no projection {100 * found['none']['val_accuracy']:.2f}%)", flush=True)
+    tried = {k: f["val_accuracy"] for k, f in found.items()}
     best = max(tried, key=tried.__getitem__)
     set_projection(model, *fits[best])
-    return {"method": "within-identity whitening" if best != "none" else "none", "shrinkage": best,
-            "fit_on": f"{int(rows.sum())} faces of {len(np.unique(table.identity[rows]))} training identities "
-                      "and their mirror images", "val_accuracy_by_shrinkage": tried}
+    record = {"method": "within-identity whitening" if best != "none" else "none", "shrinkage": best,
+              "fit_on": f"{int(rows.sum())} faces of {len(np.unique(table.identity[rows]))} training identities "
+                        "and their mirror images", "val_accuracy_by_shrinkage": tried}
+    return record, found[best]
 
 
 def main() -> None:
@@ -70,9 +74,10 @@ def main() -> None:
     model = analyzer.model
     meta = dict(model.meta)
     if args.config is not None:
-        fit = fit_projection(analyzer, args.config, args.shrinkage, root, args.data)
+        fit, found = fit_projection(analyzer, args.config, args.shrinkage, root, args.data)
         meta["verification_projection"] = json.dumps(fit)
-    found = calibrate_threshold(analyzer, root)
+    else:
+        found = calibrate_threshold(analyzer, root)
     model.config.verification_threshold = found["threshold"]
     meta["verification_threshold"] = json.dumps({**found, "chosen_on": "all same/different pairs of the CelebA "
                                                  "val identities, flip-averaged embeddings"})
