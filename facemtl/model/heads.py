@@ -40,6 +40,11 @@ class IdentityHead(nn.Module):
         return self.fc(x)
 
 
+def no_projection(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and projection that leave an embedding as it is (plain cosine)."""
+    return torch.zeros(dim), torch.eye(dim)
+
+
 class EmbeddingHead(nn.Module):
     """L2-normalised identity embedding used for verification (cosine similarity).
 
@@ -52,16 +57,18 @@ class EmbeddingHead(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_features, dim, bias=False)
         self.bn = nn.BatchNorm1d(dim)
-        self.register_buffer("center", torch.zeros(dim))
-        self.register_buffer("projection", torch.eye(dim))
+        centre, projection = no_projection(dim)
+        self.register_buffer("center", centre)
+        self.register_buffer("projection", projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.bn(self.fc(x)), dim=1)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         """Model files and checkpoints written before the projection lack its buffers: load them as none."""
-        state_dict.setdefault(prefix + "center", torch.zeros_like(self.center))
-        state_dict.setdefault(prefix + "projection", torch.eye(len(self.projection)))
+        centre, projection = no_projection(len(self.center))
+        state_dict.setdefault(prefix + "center", centre)
+        state_dict.setdefault(prefix + "projection", projection)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def project(self, embedding: torch.Tensor) -> torch.Tensor:

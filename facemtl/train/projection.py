@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..model.heads import no_projection
 from ..model.multitask import MultiTaskNet
 
 
@@ -60,6 +61,6 @@ def training_embeddings(model: MultiTaskNet, crops: np.ndarray, device: torch.de
 def set_projection(model: MultiTaskNet, centre: np.ndarray | None, projection: np.ndarray | None) -> None:
     """Store a projection in the model's embedding head; ``None`` restores plain cosine (no projection)."""
     head = model.heads["embedding"]
-    dim = head.projection.shape[0]
-    head.center.copy_(torch.zeros(dim) if centre is None else torch.as_tensor(centre))
-    head.projection.copy_(torch.eye(dim) if projection is None else torch.as_tensor(projection))
+    plain = no_projection(len(head.center))
+    head.center.copy_(plain[0] if centre is None else torch.as_tensor(centre))
+    head.projection.copy_(plain[1] if projection is None else torch.as_tensor(projection))
