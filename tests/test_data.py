@@ -91,10 +91,10 @@ def test_mtfl_published_quirks_are_read(tmp_path: Path) -> None:
     assert first.path == root / "lfw_5590" / "Aaron_0001.jpg"
     assert second.path == root / "net_7876" / "sub" / "b.jpg"
     assert third.path == root / "AFLW" / "0003-image.jpg"
-    # x1..x5 then y1..y5 in the file -> (5,2) rows of (x, y)
-    np.testing.assert_array_equal(first.landmarks, [[107.25, 108.75], [147.75, 113.25], [126.25, 143.75],
-                                                    [106.25, 158.75], [140.75, 162.75]])
-    np.testing.assert_array_equal(third.landmarks[:, 0], [1.5, 9.5, 5, 2, 8])
+    # x1..x5 then y1..y5 in the file -> (5,2) rows of (x, y), moved from MATLAB's 1-based pixels to 0-based
+    np.testing.assert_array_equal(first.landmarks, [[106.25, 107.75], [146.75, 112.25], [125.25, 142.75],
+                                                    [105.25, 157.75], [139.75, 161.75]])
+    np.testing.assert_array_equal(third.landmarks[:, 0], [0.5, 8.5, 4, 1, 7])
     # gender 1 male / 2 female; smile, glasses 1 yes / 2 no; pose 1..5 -> 0..4
     assert (first.male, first.smiling, first.eyeglasses, first.pose) == (1, 0, 0, 2)
     assert (second.male, second.smiling, second.eyeglasses, second.pose) == (0, 1, 1, 0)

@@ -21,6 +21,7 @@ from facemtl import load_image
 from facemtl.detect.detector import detect
 from facemtl._resources import sample_photo
 from facemtl.data.celeba import CELEBA_ATTRIBUTES
+from facemtl.data.mtfl import MATLAB_ORIGIN
 
 
 def random_warp(rng: np.random.Generator, centre: np.ndarray, out_size: tuple[int, int],
@@ -91,7 +92,7 @@ def main() -> None:
         for k in range(count):
             m = random_warp(rng, centre, (250, 250), np.array([125.0, 125.0]), 50.0 / eye_dist)
             save_jpeg(mtfl / folder / f"{k:05d}.jpg", render(photo, m, (250, 250), rng.uniform(0.6, 1.3, 3)))
-            warped = points @ m[:, :2].T + m[:, 2]
+            warped = points @ m[:, :2].T + m[:, 2] + MATLAB_ORIGIN   # MTFL lists hold 1-based pixels
             labels = [int(rng.integers(1, 3)) for _ in range(3)] + [int(rng.integers(1, 6))]
             lines.append(f" {folder}\\{k:05d}.jpg " + " ".join(f"{v:.2f}" for v in warped[:, 0]) + " "
                          + " ".join(f"{v:.2f}" for v in warped[:, 1]) + " " + " ".join(map(str, labels)))

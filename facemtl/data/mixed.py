@@ -27,7 +27,7 @@ from .landmark_cache import CachedFace, cached_landmarks
 from .mtfl import read_mtfl
 from .transforms import AugmentConfig, build_augment, center_crop, hflip
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 SOURCES = ("celeba", "wild", "mtfl")
 MTFL_ATTRIBUTES = {"male": "Male", "smiling": "Smiling", "eyeglasses": "Eyeglasses"}
 

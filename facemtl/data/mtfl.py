@@ -10,11 +10,14 @@ import numpy as np
 from ..errors import DatasetError
 
 POSE_CLASSES = 5
+MATLAB_ORIGIN = 1.0
+"""MTFL's points are MATLAB pixel coordinates (the first pixel's centre is 1); the toolkit's are 0-based (the
+first pixel's centre is 0, as in numpy, OpenCV and ``facemtl.align``), so the reader subtracts this."""
 
 
 @dataclass(frozen=True)
 class MTFLFace:
-    """One MTFL face: image path, (5,2) landmarks (image-left eye first) and 0-based labels."""
+    """One MTFL face: image path, (5,2) landmarks in 0-based pixels (image-left eye first) and 0-based labels."""
 
     path: Path
     landmarks: np.ndarray
@@ -26,7 +29,8 @@ class MTFLFace:
 
 
 def read_mtfl(root: str | os.PathLike[str], split: str = "training") -> list[MTFLFace]:
-    """Read ``training.txt`` or ``testing.txt`` exactly as published (CRLF, ``\\`` separators, leading spaces)."""
+    """Read ``training.txt`` or ``testing.txt`` exactly as published (CRLF, ``\\`` separators, leading spaces),
+    the points moved from MATLAB's 1-based pixels to 0-based ones."""
     root = Path(root)
     listing = root / f"{split}.txt"
     if not listing.is_file():
@@ -48,7 +52,7 @@ def read_mtfl(root: str | os.PathLike[str], split: str = "training") -> list[MTF
             raise DatasetError(f"{listing}:{line_no}: labels out of range: {parts[11:15]}")
         faces.append(MTFLFace(
             path=root / Path(*parts[0].replace("\\", "/").split("/")),
-            landmarks=np.stack([coords[:5], coords[5:]], axis=1),
+            landmarks=np.stack([coords[:5], coords[5:]], axis=1) - np.float32(MATLAB_ORIGIN),
             male=int(gender == 1), smiling=int(smile == 1), eyeglasses=int(glasses == 1), pose=pose - 1,
         ))
     if not faces:
