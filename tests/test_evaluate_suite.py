@@ -31,6 +31,8 @@ def test_evaluation_writes_every_figure_and_plot(analyzer: FaceAnalyzer, data_di
     assert results["mtfl"]["faces"] == 60 and results["celeba"]["images"] == 60 and results["wild"]["photos"] == 60
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["mtfl"]["landmarks"]["mean_nme_percent"] == pytest.approx(figures["mtfl_nme_%"])
+    offset = saved["mtfl"]["landmarks"]["mean_offset_px"]     # (x, y): a pixel-convention check
+    assert len(offset) == 2 and np.isfinite(offset).all()
     for png in ("roc.png", "ced.png", "attributes.png"):
         assert (tmp_path / "eval" / png).stat().st_size > 1000
     # an untrained network is near chance; the detector alone already places landmarks sensibly

@@ -175,6 +175,7 @@ def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | 
         lm = landmark_metrics(landmark_point_errors(pred, gt))
         result["landmarks"] = lm.to_dict()
         result["landmarks"]["mean_nme_percent"] = 100.0 * float(errors.mean())
+        result["landmarks"]["mean_offset_px"] = [float(v) for v in (pred - gt).mean(axis=(0, 1))]
         result["_ced"] = (lm.ced_x, lm.ced_y)
         result["landmarks_annotated_alignment"] = _annotated_alignment(analyzer, faces, gt)
     names = list(analyzer.model.config.attribute_names)
