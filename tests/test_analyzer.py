@@ -77,15 +77,10 @@ def test_shipped_landmarks_sit_on_the_annotations_in_0_based_pixels(analyzer: Fa
     on the annotations in both axes, well within the one pixel a coordinate-convention error makes (measured:
     at most 0.41 px, net_7876's y). The weights shipped before the MTFL reader moved to 0-based pixels sat
     +0.56 / +0.61 px off in y here (trained on 1-based labels; mirror augmentation had cancelled x)."""
-    from facemtl.align import align
-    from facemtl.analyzer import to_photo
     from facemtl.data.mtfl import read_mtfl
-    from facemtl.io import load_image
+    from facemtl.evaluate.suite import annotated_predictions
     faces = read_mtfl(mtfl_dir, "training")
     for source in ("lfw_5590", "net_7876"):
         chosen = [f for f in faces if f.path.parent.name == source][::40][:100]
-        aligned = [align(load_image(f.path), f.landmarks, size=analyzer.input_size) for f in chosen]
-        crops = np.concatenate([a.crops for a in aligned])
-        predicted = to_photo(np.concatenate([a.matrices for a in aligned]), analyzer.run_crops(crops).landmarks)
-        offset = (predicted - np.stack([f.landmarks for f in chosen])).mean(axis=(0, 1))
+        offset = (annotated_predictions(analyzer, chosen) - np.stack([f.landmarks for f in chosen])).mean(axis=(0, 1))
         assert np.abs(offset).max() < 0.5, (source, offset)

@@ -153,7 +153,7 @@ def main() -> None:
         "the annotated points themselves (an oracle no user has, in the same evaluation.json) the landmark head "
         f"scores {oracle.get('mean_nme_percent', float('nan')):.2f}% with "
         f"{oracle.get('failure_rate_percent', float('nan')):.2f}% failures: what is left above that is the "
-        "head's error, not the alignment's." + _offset_note(mtfl),
+        "head's error, not the alignment's." + _offset_note(ev),
         "",
         "## Terms and limits",
         "- Trained on CelebA (non-commercial research and educational use only), MTFL (CUHK; images from AFLW "
@@ -189,9 +189,14 @@ def _headline(path: Path | None) -> dict[str, float] | None:
     return None if path is None else headline(json.loads(path.read_text()))
 
 
-def _offset_note(mtfl: dict[str, Any]) -> str:
-    """The mean signed offset of the predicted points from MTFL test's annotations, where recorded."""
-    offset = mtfl.get("landmarks", {}).get("mean_offset_px")
+def _mtfl_offset(ev: dict[str, Any]) -> list[float] | None:
+    """The mean signed (x, y) offset of the predicted points from MTFL test's annotations, where recorded."""
+    return ev.get("mtfl", {}).get("landmarks", {}).get("mean_offset_px")
+
+
+def _offset_note(ev: dict[str, Any]) -> str:
+    """The card's sentence on the MTFL test offset (empty where the evaluation has none)."""
+    offset = _mtfl_offset(ev)
     if offset is None:
         return ""
     return (f" Predicted points sit on average ({offset[0]:+.2f}, {offset[1]:+.2f}) px (x, y) from the test "
@@ -304,11 +309,11 @@ def _comparison(run: Path, other: Path, epoch: int | None) -> list[str]:
 
 def _test_comparison(other: Path, this: Path) -> list[str]:
     """Test figures of the earlier run's model and of this one, from two evaluation.json files."""
-    before, after = _headline(other), _headline(this)
+    evaluations = [json.loads(p.read_text()) for p in (other, this)]
+    before, after = (headline(e) for e in evaluations)
     lines = ["Test figures, both through `facemtl evaluate` with the same settings "
              f"(`{other}` against `{this}`):", "", *_changes(after, before, "earlier run", "this run")]
-    offsets = [json.loads(p.read_text()).get("mtfl", {}).get("landmarks", {}).get("mean_offset_px")
-               for p in (other, this)]
+    offsets = [_mtfl_offset(e) for e in evaluations]
     if None not in offsets:
         (ex, ey), (tx, ty) = offsets
         lines += ["", f"Mean offset of the predicted points from MTFL test's annotations (x, y): earlier run "

@@ -192,12 +192,17 @@ def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | 
     return result
 
 
+def annotated_predictions(analyzer: FaceAnalyzer, faces: Sequence[Any]) -> np.ndarray:
+    """The landmark head's (N,5,2) photo points on crops aligned on each face's annotated ``landmarks``."""
+    chosen = [CachedFace(np.zeros(4), 0.0, f.landmarks.astype(np.float32)) for f in faces]
+    crops, matrices, _ = _aligned_crops([f.path for f in faces], chosen, None, analyzer.input_size, memo=False)
+    return to_photo(matrices, analyzer.run_crops(crops).landmarks)
+
+
 def _annotated_alignment(analyzer: FaceAnalyzer, faces: Sequence[Any], gt: np.ndarray) -> dict[str, float]:
     """Diagnostic: the landmark head on crops aligned on the annotated points (no user has those), i.e. what
     a perfect alignment would give; the gap to the real figure is the alignment's share of the error."""
-    chosen = [CachedFace(np.zeros(4), 0.0, f.landmarks.astype(np.float32)) for f in faces]
-    crops, matrices, _ = _aligned_crops([f.path for f in faces], chosen, None, analyzer.input_size, memo=False)
-    pred = to_photo(matrices, analyzer.run_crops(crops).landmarks)
+    pred = annotated_predictions(analyzer, faces)
     return {"mean_nme_percent": 100.0 * float(landmark_errors(pred, gt).mean()),
             "failure_rate_percent": 100.0 * landmark_metrics(landmark_point_errors(pred, gt)).failure_rate}
 
