@@ -344,6 +344,8 @@ def test_attribute_accuracy_with_mask() -> None:
     assert res.accuracy == pytest.approx([0.5, 2 / 3, 1.0])
     assert res.balanced_accuracy == pytest.approx([0.5, 2 / 3, 1.0])
     assert res.n_valid.tolist() == [4, 3, 2] and res.n_positive.tolist() == [2, 0, 1]
+    assert res.positive_rate[[0, 2]] == pytest.approx([0.5, 1.0]) and math.isnan(res.positive_rate[1])
+    assert res.negative_rate == pytest.approx([0.5, 2 / 3, 1.0])
     assert res.mean_accuracy == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
     d = res.to_dict()
     json.dumps(d)
@@ -402,3 +404,9 @@ def test_plots_write_png(tmp_path: Path) -> None:
         plots.plot_roc({}, tmp_path / "x.png", "empty")
     with pytest.raises(InvalidInputError):
         plots.plot_attribute_bars(names[:3], accs, tmp_path / "y.png")
+    faces = [np.full((32, 32, 3), 40 * k, np.uint8) for k in range(5)]
+    _assert_png(plots.plot_image_grid(faces, [f"face {k}" for k in range(5)], tmp_path / "grid.png", "failures", 3))
+    with pytest.raises(InvalidInputError):
+        plots.plot_image_grid(faces, ["one caption"], tmp_path / "z.png")
+    with pytest.raises(InvalidInputError):
+        plots.plot_image_grid([np.zeros((32, 32), np.uint8)], ["grey"], tmp_path / "z.png")

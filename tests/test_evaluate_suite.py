@@ -33,7 +33,16 @@ def test_evaluation_writes_every_figure_and_plot(analyzer: FaceAnalyzer, data_di
     assert saved["mtfl"]["landmarks"]["mean_nme_percent"] == pytest.approx(figures["mtfl_nme_%"])
     offset = saved["mtfl"]["landmarks"]["mean_offset_px"]     # (x, y): a pixel-convention check
     assert len(offset) == 2 and np.isfinite(offset).all()
-    for png in ("roc.png", "ced.png", "attributes.png"):
+    scored = saved["mtfl"]["attributes"]["per_attribute"]
+    by_pose = saved["mtfl"]["attribute_accuracy_by_pose"]
+    assert sum(p["faces"] for p in by_pose.values()) == 60
+    for label in ("gender", "smile", "glasses"):
+        s = scored[label]
+        assert s["accuracy"] == pytest.approx(figures[f"mtfl_{label}_%"] / 100)
+        rates = [r for r in (s["positive_rate"], s["negative_rate"]) if r is not None]
+        assert s["balanced_accuracy"] == pytest.approx(np.mean(rates))
+        assert sum(p["faces"] * p[label] for p in by_pose.values()) / 60 == pytest.approx(s["accuracy"])
+    for png in ("roc.png", "ced.png", "attributes.png", "mtfl_gender_errors.png"):
         assert (tmp_path / "eval" / png).stat().st_size > 1000
     # an untrained network is near chance; the detector alone already places landmarks sensibly
     assert 40 <= figures["celeba_verif_%"] <= 75

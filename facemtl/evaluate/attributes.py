@@ -24,11 +24,14 @@ def _json_float(value: float) -> float | None:
 
 @dataclass(frozen=True)
 class AttributeResult:
-    """Per-attribute accuracy and balanced accuracy, their means, and the label counts behind them."""
+    """Per-attribute accuracy, the rate on each class and their mean (balanced accuracy), the means over
+    attributes, and the label counts behind them."""
 
     names: tuple[str, ...]
     accuracy: NDArray[np.float64]
     balanced_accuracy: NDArray[np.float64]
+    positive_rate: NDArray[np.float64]
+    negative_rate: NDArray[np.float64]
     n_valid: NDArray[np.int64]
     n_positive: NDArray[np.int64]
     mean_accuracy: float
@@ -45,6 +48,8 @@ class AttributeResult:
                 name: {
                     "accuracy": _json_float(float(self.accuracy[i])),
                     "balanced_accuracy": _json_float(float(self.balanced_accuracy[i])),
+                    "positive_rate": _json_float(float(self.positive_rate[i])),
+                    "negative_rate": _json_float(float(self.negative_rate[i])),
                     "n": int(self.n_valid[i]),
                     "n_positive": int(self.n_positive[i]),
                 }
@@ -63,7 +68,7 @@ def attribute_accuracy(
     """Score (N, A) attribute probabilities against {0,1} targets, ignoring entries where mask is False.
 
     An attribute is predicted present when ``prob >= threshold``. Balanced accuracy is the mean of the true
-    positive and true negative rates; when only one class occurs among an attribute's valid labels it is
+    positive and true negative rates (``positive_rate``, ``negative_rate``: NaN where a class has no label); when only one class occurs among an attribute's valid labels it is
     that class's rate alone, and NaN when the attribute has no valid label. Means run over the attributes
     with at least one valid label. Target values under a False mask are never read (NaN is fine there).
     """
@@ -103,6 +108,8 @@ def attribute_accuracy(
         names=names,
         accuracy=accuracy,
         balanced_accuracy=balanced,
+        positive_rate=rates[0],
+        negative_rate=rates[1],
         n_valid=n_valid.astype(np.int64),
         n_positive=n_pos.astype(np.int64),
         mean_accuracy=float(accuracy[has].mean()) if has.any() else math.nan,

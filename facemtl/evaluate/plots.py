@@ -1,4 +1,5 @@
-"""Evaluation charts written as PNG files: ROC, CED, precision-recall, per-attribute accuracy bars, heatmaps."""
+"""Evaluation charts written as PNG files: ROC, CED, precision-recall, per-attribute accuracy bars, heatmaps,
+image grids of failure cases."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -163,4 +164,28 @@ def plot_heatmap(
         ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str | Path, title: str = "",
+                    columns: int = 8) -> Path:
+    """RGB uint8 images (each HxWx3) in a grid, each with its caption above it: failure cases to look at."""
+    if not images:
+        raise InvalidInputError("no images to plot")
+    if len(captions) != len(images):
+        raise InvalidInputError(f"{len(captions)} captions for {len(images)} images")
+    if columns < 1:
+        raise InvalidInputError(f"columns must be >= 1, got {columns}")
+    for k, image in enumerate(images):
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            raise InvalidInputError(f"image {k} must be an RGB uint8 HxWx3 array")
+    cols = min(columns, len(images))
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.55 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, caption in zip(axes.ravel(), images, captions):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=6)
+    fig.suptitle(title, fontsize=8)
     return _save(fig, path)

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from ..align import align
@@ -29,13 +30,17 @@ from ..data.folders import read_person_folders
 from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir, largest
 from ..data.mtfl import read_mtfl
 from ..io import load_image
+from ..types import POSE_NAMES
 from . import plots
-from .attributes import attribute_accuracy, classification_accuracy
+from .attributes import attribute_accuracy
 from .landmarks import landmark_errors, landmark_metrics, landmark_point_errors
 from .verification import (cosine_scores, make_identity_pairs, roc, verification_accuracy,
                            verification_accuracy_with_failures)
 
 PARTS = ("celeba", "wild", "mtfl")
+MTFL_LABELS = {"gender": ("male", "Male"), "smile": ("smiling", "Smiling"), "glasses": ("eyeglasses", "Eyeglasses")}
+"""MTFL's attributes: the reader's field (1 = male / smiling / glasses) and the CelebA attribute that predicts it."""
+ERROR_THUMBNAILS = 48
 
 
 _CROP_MEMO: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -180,16 +185,40 @@ def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | 
         result["landmarks_annotated_alignment"] = _annotated_alignment(analyzer, faces, gt)
     names = list(analyzer.model.config.attribute_names)
     if out.attributes is not None:
-        for label, attr in (("gender", "Male"), ("smile", "Smiling"), ("glasses", "Eyeglasses")):
-            truth = np.array([getattr(f, {"gender": "male", "smile": "smiling", "glasses": "eyeglasses"}[label])
-                              for f in faces])
-            result[f"{label}_accuracy"] = classification_accuracy(
-                (out.attributes[:, names.index(attr)] >= 0.5).astype(int), truth)
+        probs = out.attributes[:, [names.index(attr) for _, attr in MTFL_LABELS.values()]]
+        truth = np.array([[getattr(f, field) for field, _ in MTFL_LABELS.values()] for f in faces])
+        scored = attribute_accuracy(probs, truth, tuple(MTFL_LABELS))
+        result.update({f"{label}_accuracy": float(scored.accuracy[k]) for k, label in enumerate(MTFL_LABELS)})
+        result["attributes"] = scored.to_dict()
+        result["attribute_accuracy_by_pose"] = _accuracy_by_pose(probs, truth, np.array([f.pose for f in faces]))
+        result["_errors"] = {label: _error_thumbnails(paths, matrices, probs[:, k], truth[:, k], analyzer.input_size)
+                             for k, label in enumerate(MTFL_LABELS)}
     detector_only = np.stack([c.landmarks if c is not None else np.full((5, 2), np.nan) for c in chosen])
     ok = ~missing
     if ok.any():
         result["detector_landmarks_nme_percent"] = 100.0 * float(landmark_errors(detector_only[ok], gt[ok]).mean())
     return result
+
+
+def _accuracy_by_pose(probs: np.ndarray, truth: np.ndarray, pose: np.ndarray) -> dict[str, dict[str, float]]:
+    """Accuracy of each MTFL attribute within each head-pose class (the annotated pose), with the face count."""
+    by_pose = {}
+    for k, name in enumerate(POSE_NAMES):
+        here = pose == k
+        if here.any():
+            acc = ((probs[here] >= 0.5) == truth[here]).mean(axis=0)
+            by_pose[name] = {"faces": int(here.sum()), **{label: float(a) for label, a in zip(MTFL_LABELS, acc)}}
+    return by_pose
+
+
+def _error_thumbnails(paths: Sequence[Path], matrices: np.ndarray, prob: np.ndarray, truth: np.ndarray,
+                      size: int, count: int = ERROR_THUMBNAILS, scale: int = 2) -> list[tuple[np.ndarray, str]]:
+    """The ``count`` most confident wrong answers as (crop the network saw, drawn ``scale`` times larger;
+    caption) for a picture of where an attribute fails."""
+    wrong_by = np.where(truth == 1, 1.0 - prob, prob)
+    worst = [i for i in np.argsort(-wrong_by, kind="stable")[:count] if wrong_by[i] > 0.5]
+    return [(cv2.warpAffine(load_image(paths[i]), matrices[i] * scale, (size * scale, size * scale),
+                            flags=cv2.INTER_AREA), f"label {int(truth[i])}, p={prob[i]:.2f}") for i in worst]
 
 
 def annotated_predictions(analyzer: FaceAnalyzer, faces: Sequence[Any]) -> np.ndarray:
@@ -252,6 +281,11 @@ def _write(results: dict[str, Any], out: Path, names: list[str]) -> None:
     if "mtfl" in results and "_ced" in results["mtfl"]:
         plots.plot_ced({"facemtl": results["mtfl"]["_ced"]}, out / "ced.png",
                        title="MTFL test (AFLW): cumulative error distribution")
+    for label, thumbs in results.get("mtfl", {}).get("_errors", {}).items():
+        if thumbs:
+            plots.plot_image_grid([t for t, _ in thumbs], [c for _, c in thumbs], out / f"mtfl_{label}_errors.png",
+                                  title=f"MTFL test: the most confident wrong {label} answers (label 1 = "
+                                        f"{MTFL_LABELS[label][0]})")
     if "celeba" in results and "_attr_acc" in results["celeba"]:
         plots.plot_attribute_bars(names, {"facemtl": results["celeba"]["_attr_acc"]}, out / "attributes.png",
                                   title="CelebA test: accuracy per attribute")
