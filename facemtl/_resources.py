@@ -17,6 +17,10 @@ def weights_dir() -> Path:
     return _CHECKOUT_ROOT / "weights"
 
 
+DEFAULT_MODEL = "facemtl-deepid2.pt"
+"""The shipped multi-task model's file name among the weights."""
+
+
 def weights_path(name: str) -> Path:
     """Path of one shipped weights file (which may not exist yet)."""
     return weights_dir() / name

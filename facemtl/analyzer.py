@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ._resources import weights_path
+from ._resources import DEFAULT_MODEL, weights_path
 from .align import align, template
 from .detect.detector import FaceDetector, as_image_list
 from .device import resolve_device
@@ -27,7 +27,6 @@ from .model.multitask import MultiTaskNet, load_model
 from .types import FLIP_PERMUTATION, Detection, Face
 
 log = logging.getLogger("facemtl")
-DEFAULT_MODEL = "facemtl-deepid2.pt"
 
 
 @dataclass

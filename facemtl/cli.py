@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)")
     p.add_argument("--reschedule", action="store_true",
                    help="resume a run with a different train.epochs (shorten or extend it; recorded in the model)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start from this model file's weights ('shipped': the model installed with facemtl); "
+                        "sets train.init")
     p.set_defaults(run=_command("train", "run_train"))
 
     p = sub.add_parser("evaluate", help="evaluate a model on CelebA test, celeba_wild test and MTFL test")

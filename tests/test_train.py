@@ -199,6 +199,30 @@ def test_a_run_can_be_shortened_or_extended_only_when_asked(tmp_path: Path, data
     assert model.meta["trained_epochs"] == 2
 
 
+def test_fine_tuning_starts_where_the_given_model_ended(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    first = write_config(tmp_path / "f.toml", tmp_path / "f", data_dir, table_cache)
+    finish(start(first, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3"))
+    source = tmp_path / "f" / "model.pt"
+    tuned = write_config(tmp_path / "g.toml", tmp_path / "g", data_dir, table_cache)
+    out = finish(start(tuned, "--init", str(source), "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"))
+    assert f"started from {source} ({load_model(source).model_id}): " in out
+    assert "fresh: heads.embedding.center, heads.embedding.projection" in out   # the same people: all else copied
+    ended = _rows(tmp_path / "f" / "log.csv")[-1]
+    began = _rows(tmp_path / "g" / "log.csv")[0]          # validation before the first step: the source's figures
+    for metric in ("val_verification_acc", "val_attributes_acc", "val_landmarks_nme", "val_identity_top1"):
+        assert began[metric] == pytest.approx(ended[metric], rel=1e-5), metric
+    record = json.loads(load_model(tmp_path / "g" / "model.pt").meta["init"])
+    assert record["source"] == load_model(source).model_id and record["copied"] > 0
+    with pytest.raises(ConfigError, match="does not fit"):
+        Trainer(load_config(tuned, {"train.init": str(source), "model.width": 0.25, "out_dir": str(tmp_path / "h")}))
+
+
+def _rows(path: Path) -> list[dict[str, float]]:
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    return [{k: float(v) for k, v in zip(header, line.split(",")) if v} for line in lines[1:]]
+
+
 def test_config_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nbogus = 1\n")

@@ -5,9 +5,8 @@ import argparse
 
 import numpy as np
 
-from .._resources import sample_photo, weights_path
+from .._resources import DEFAULT_MODEL, sample_photo, weights_path
 from ..align import align
-from ..analyzer import DEFAULT_MODEL
 from ..detect.detector import FaceDetector
 from ..errors import InvalidInputError
 from ..export import export_detector, export_model

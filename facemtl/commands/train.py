@@ -27,6 +27,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.out is not None:
         overrides["out_dir"] = str(args.out)
+    if args.init is not None:
+        overrides["train.init"] = args.init
     cfg = load_config(args.config, overrides)
     path = train(cfg, reschedule=args.reschedule)
     print(f"model written to {path}")

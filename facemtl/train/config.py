@@ -60,6 +60,9 @@ class OptimConfig:
     difference_loss_weight: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0
+    init: str = ""
+    """A model file to start from, or "shipped" (fine-tuning; ``facemtl.model.transfer``): its shared network
+    must fit [model]; heads are copied where they still mean the same. Empty: random initialisation."""
     checkpoint_every: int = 100
     steps_per_epoch: int = 0
     """0 = a full pass over the identity data; otherwise a fixed number of steps (quick runs, ablations)."""

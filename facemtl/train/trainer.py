@@ -37,6 +37,7 @@ from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, FacemtlError, WeightsError
 from ..gradients import flat_task_grads, gradient_cosines, pcgrad_backward
 from ..model.multitask import MultiTaskNet
+from ..model.transfer import init_from
 from ..serialization import atomic_write_bytes, load_file, save_file
 from ..weighting import TaskEarlyStopping, build_weighting
 from .config import RunConfig
@@ -177,7 +178,10 @@ class Trainer:
         mcfg = cfg.model
         if "identity" in mcfg.tasks:
             mcfg.num_identities = self.num_identities
-        self.model = MultiTaskNet(mcfg).to(self.device)
+        self.model = MultiTaskNet(mcfg)
+        self.transfer = (init_from(self.model, cfg.train.init, self.table.identity_names)
+                         if cfg.train.init else None)
+        self.model.to(self.device)
         tasks = [t for t in mcfg.tasks]
         self.weighting = build_weighting(cfg.train.weighting, tasks, **cfg.train.weighting_options).to(self.device)
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
@@ -315,6 +319,9 @@ class Trainer:
                   f"{self.num_identities} identities, {self.steps_per_epoch} steps/epoch x {self.cfg.train.epochs}, "
                   f"batch {self.sampler.plan.batch_size} x {self.world} process(es), device {self.device}"
                   + (f"; resumed at epoch {self.epoch} step {self.step}" if resumed else ""), flush=True)
+            if self.transfer and not resumed:
+                print(f"started from {self.cfg.train.init} ({self.transfer.source}): {len(self.transfer.copied)} "
+                      f"tensors copied; fresh: {', '.join(self.transfer.fresh) or 'none'}", flush=True)
         if not resumed and self.main:
             metrics, vlosses = validate(self.model, self.val_sets, self.device, self.cfg.train.verification_margin)
             self.history.append({"epoch": 0, **{f"val_{k}": v for k, v in metrics.items()},
@@ -491,7 +498,8 @@ class Trainer:
         return {"trained_epochs": self.epoch, "steps": self.global_step, "wall_s": self.wall,
                 "world": self.world, "device": str(self.device), "final_validation": json.dumps(last),
                 "identity_names": json.dumps(self.table.identity_names),
-                "reschedules": json.dumps(self.reschedules)}
+                "reschedules": json.dumps(self.reschedules),
+                "init": json.dumps(self.transfer.to_dict() if self.transfer else None)}
 
     def _write_logs(self, final: bool = False) -> None:
         """log.csv (one row per epoch), grad_cosines.csv, and at the end the curves / heat-map as PNG."""
