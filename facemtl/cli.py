@@ -126,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "sets train.init")
     p.set_defaults(run=_command("train", "run_train"))
 
+    p = sub.add_parser("ship", help="fit a trained model's embedding projection and calibrate its verification "
+                                    "threshold on CelebA-layout val identities; write the model ready to use")
+    p.add_argument("model", type=Path, help="the trained model file (RUN/model.pt)")
+    p.add_argument("out", type=Path, help="the model file to write")
+    p.add_argument("--config", type=Path, default=None,
+                   help="the run's config: its training identities fit the projection (none without it)")
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: $FACEMTL_DATA or ../shared/data)")
+    p.add_argument("--shrinkage", type=float, nargs="+", default=None,
+                   help="shrinkages to try for the projection (default 0.01 0.03 0.1 0.3)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(run=_command("ship", "run_ship"))
+
     p = sub.add_parser("evaluate", help="evaluate a model on CelebA test, celeba_wild test and MTFL test")
     p.add_argument("model", type=Path, help="model file (.pt) written by facemtl train")
     p.add_argument("--data", default=None, help="data folder (default $FACEMTL_DATA or ../shared/data)")

@@ -199,7 +199,7 @@ def test_a_run_can_be_shortened_or_extended_only_when_asked(tmp_path: Path, data
     assert model.meta["trained_epochs"] == 2
 
 
-def test_fine_tuning_starts_where_the_given_model_ended(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+def test_fine_tune_then_ship(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
     first = write_config(tmp_path / "f.toml", tmp_path / "f", data_dir, table_cache)
     finish(start(first, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3"))
     source = tmp_path / "f" / "model.pt"
@@ -215,6 +215,18 @@ def test_fine_tuning_starts_where_the_given_model_ended(tmp_path: Path, data_dir
     assert record["source"] == load_model(source).model_id and record["copied"] > 0
     with pytest.raises(ConfigError, match="does not fit"):
         Trainer(load_config(tuned, {"train.init": str(source), "model.width": 0.25, "out_dir": str(tmp_path / "h")}))
+
+    shipped = tmp_path / "tuned.pt"                      # then ready to use: projection and threshold fitted
+    ship = [sys.executable, "-m", "facemtl.cli", "ship", str(tmp_path / "g" / "model.pt"), str(shipped),
+            "--config", str(tuned), "--shrinkage", "0.1"]
+    done = subprocess.run(ship, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "shrinkage 0.1: val accuracy" in done.stdout, done.stdout + done.stderr
+    model = load_model(shipped)
+    threshold = json.loads(model.meta["verification_threshold"])
+    assert model.config.verification_threshold == threshold["threshold"] and 0.5 <= threshold["val_accuracy"] <= 1
+    assert set(json.loads(model.meta["verification_projection"])["val_accuracy_by_shrinkage"]) == {"none", "0.1"}
+    again = subprocess.run(ship, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "exists" in again.stderr and load_model(shipped).model_id == model.model_id
 
 
 def _rows(path: Path) -> list[dict[str, float]]:

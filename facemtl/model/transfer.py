@@ -16,7 +16,7 @@ from .multitask import MultiTaskNet, load_model
 
 FIXED_AFTER_TRAINING = ("heads.embedding.center", "heads.embedding.projection")
 """The embedding's projection was fit on the old network's embeddings: a network being trained starts without
-one (``tools/ship_model.py`` fits a new one)."""
+one (``facemtl ship`` fits a new one)."""
 INPUT_NORMALISATION = ("mean", "std")
 SHIPPED = "shipped"
 """``init_from``'s name for the multi-task model installed with facemtl."""
