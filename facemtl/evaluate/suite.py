@@ -206,7 +206,7 @@ def _accuracy_by_pose(probs: np.ndarray, truth: np.ndarray, pose: np.ndarray) ->
     for k, name in enumerate(POSE_NAMES):
         here = pose == k
         if here.any():
-            acc = ((probs[here] >= 0.5) == truth[here]).mean(axis=0)
+            acc = attribute_accuracy(probs[here], truth[here], tuple(MTFL_LABELS)).accuracy
             by_pose[name] = {"faces": int(here.sum()), **{label: float(a) for label, a in zip(MTFL_LABELS, acc)}}
     return by_pose
 
