@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_command("train", "run_train"))
 
     p = sub.add_parser("ship", help="fit a trained model's embedding projection and calibrate its verification "
-                                    "threshold on CelebA-layout val identities; write the model ready to use")
+                                    "threshold on people never trained on; write the model ready to use")
     p.add_argument("model", type=Path, help="the trained model file (RUN/model.pt)")
     p.add_argument("out", type=Path, help="the model file to write")
     p.add_argument("--config", type=Path, default=None,
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="data folder (default: $FACEMTL_DATA or ../shared/data)")
     p.add_argument("--shrinkage", type=float, nargs="+", default=None,
                    help="shrinkages to try for the projection (default 0.01 0.03 0.1 0.3)")
+    p.add_argument("--val-folders", type=Path, default=None, metavar="DIR",
+                   help="calibrate on the pairs of these people instead of CelebA val: never trained on, one "
+                        "sub-folder of photos each")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(run=_command("ship", "run_ship"))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -42,3 +43,16 @@ def mtfl_dir() -> Path:
 @pytest.fixture(scope="session")
 def celeba_wild_dir() -> Path:
     return _require("celeba_wild")
+
+
+@pytest.fixture()
+def people_folder(data_dir: Path, tmp_path: Path) -> Callable[[str, int, int], Path]:
+    """Makes ``tmp_path/name``: the first ``people`` celeba_wild test people, links to their first ``photos``."""
+    def make(name: str, people: int, photos: int) -> Path:
+        target = tmp_path / name
+        for person in sorted((data_dir / "celeba_wild" / "test").iterdir())[:people]:
+            (target / person.name).mkdir(parents=True)
+            for photo in sorted(person.glob("*.jpg"))[:photos]:
+                (target / person.name / photo.name).symlink_to(photo.resolve())
+        return target
+    return make

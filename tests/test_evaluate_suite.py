@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 
 from facemtl.analyzer import FaceAnalyzer
-from facemtl.evaluate.suite import calibrate_threshold, evaluate_model, headline
+from facemtl.errors import DatasetError
+from facemtl.evaluate.suite import calibrate_on_folders, calibrate_threshold, evaluate_model, headline
 from facemtl.model.multitask import ModelConfig, MultiTaskNet
 
 pytestmark = pytest.mark.data
@@ -64,6 +66,16 @@ def test_threshold_is_calibrated_on_val_identities_only(analyzer: FaceAnalyzer, 
     found = calibrate_threshold(analyzer, data_dir, cache_dir=tmp_path, limit=60)
     assert -1.0 <= found["threshold"] <= 1.0 and 0.5 <= found["val_accuracy"] <= 1.0
     assert (tmp_path / "eval-celeba-val.json").is_file() and not (tmp_path / "eval-celeba-test.json").exists()
+
+
+def test_threshold_calibrated_on_a_folder_of_people(people_folder: Callable[[str, int, int], Path],
+                                                     tmp_path: Path) -> None:
+    shipped = FaceAnalyzer(device="cpu")
+    found = calibrate_on_folders(shipped, people_folder("people", 5, 6), cache_dir=tmp_path)
+    assert found["photos"] == 30 and found["photos_without_face"] <= 2
+    assert -1.0 <= found["threshold"] <= 1.0 and found["val_accuracy"] >= 0.65    # the trained embedding, unseen people
+    with pytest.raises(DatasetError, match="at least two people"):
+        calibrate_on_folders(shipped, people_folder("one", 1, 6), cache_dir=tmp_path)
 
 
 def test_memoised_crops_give_the_same_figures_as_fresh_ones(analyzer: FaceAnalyzer, data_dir: Path,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -199,7 +200,8 @@ def test_a_run_can_be_shortened_or_extended_only_when_asked(tmp_path: Path, data
     assert model.meta["trained_epochs"] == 2
 
 
-def test_fine_tune_then_ship(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+def test_fine_tune_then_ship(tmp_path: Path, data_dir: Path, table_cache: Path,
+                             people_folder: Callable[[str, int, int], Path]) -> None:
     first = write_config(tmp_path / "f.toml", tmp_path / "f", data_dir, table_cache)
     finish(start(first, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3"))
     source = tmp_path / "f" / "model.pt"
@@ -227,6 +229,11 @@ def test_fine_tune_then_ship(tmp_path: Path, data_dir: Path, table_cache: Path) 
     assert set(json.loads(model.meta["verification_projection"])["val_accuracy_by_shrinkage"]) == {"none", "0.1"}
     again = subprocess.run(ship, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "exists" in again.stderr and load_model(shipped).model_id == model.model_id
+    own = people_folder("people", 4, 4)                   # or calibrated on people of one's own
+    done = subprocess.run([*ship, "--force", "--val-folders", str(own)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    threshold = json.loads(load_model(shipped).meta["verification_threshold"])
+    assert str(own) in threshold["chosen_on"] and threshold["photos"] == 16
 
 
 def _rows(path: Path) -> list[dict[str, float]]:

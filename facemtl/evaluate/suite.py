@@ -29,6 +29,7 @@ from ..data.celeba import read_celeba
 from ..data.folders import read_person_folders
 from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir, largest
 from ..data.mtfl import read_mtfl
+from ..errors import DatasetError
 from ..io import load_image
 from ..types import POSE_NAMES
 from . import plots
@@ -262,6 +263,28 @@ def calibrate_threshold(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | No
     cache.mkdir(parents=True, exist_ok=True)
     found = evaluate_celeba(analyzer, Path(root), cache, limit, split="val")["verification"]
     return {"threshold": float(found["threshold"]), "val_accuracy": float(found["accuracy"])}
+
+
+def calibrate_on_folders(analyzer: FaceAnalyzer, folder: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The cosine threshold with the best accuracy on all pairs of a folder of people never trained on (one
+    sub-folder of whole photos each, the largest face of each): calibration for a model of one's own data.
+    Photos without a face are left out and counted."""
+    photos = read_person_folders(folder)
+    paths = [p.path for p in photos]
+    cache = default_cache_dir(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    found = cached_detections(paths, cache / "calibrate-folders.json", analyzer.detector)
+    chosen = [None if found[p] is None else largest(found[p]) for p in paths]
+    out, _, missing = _faces_to_crops(analyzer, paths, chosen, None, refine=False)
+    people = np.array([p.person for p in photos])[~missing]
+    if len(np.unique(people)) < 2 or len(people) == len(np.unique(people)):
+        raise DatasetError(f"{folder}: calibration needs at least two people and one of them with two photos "
+                           f"in which a face is found ({int((~missing).sum())} of {len(paths)} photos have one)")
+    a, b, same, fold = make_identity_pairs(people, seed=1)
+    embedding = out.embedding[~missing]
+    result = verification_accuracy(cosine_scores(embedding[a], embedding[b]), same, fold)
+    return {"threshold": float(result.threshold), "val_accuracy": float(result.accuracy),
+            "photos": len(paths), "photos_without_face": int(missing.sum())}
 
 
 def _public(results: dict[str, Any]) -> dict[str, Any]:

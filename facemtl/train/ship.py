@@ -1,6 +1,6 @@
 """Turn a trained model into one ready to use: fit the embedding's projection on the run's training identities
-(within-identity whitening, ``facemtl.train.projection``), then calibrate the verification threshold on the
-CelebA-layout *val* identities (disjoint from training and test); both go into the written model file.
+(within-identity whitening, ``facemtl.train.projection``), then calibrate the verification threshold on people
+never trained on (CelebA-layout *val* identities, or a folder of one's own); both go into the written model file.
 
 Each shrinkage given (and no projection at all) is tried; the one with the best val accuracy is kept.
 """
@@ -10,7 +10,7 @@ import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..data import data_root
 from ..data.landmark_cache import default_cache_dir
 from ..data.mixed import build_table
 from ..errors import OutputExistsError
-from ..evaluate.suite import calibrate_threshold
+from ..evaluate.suite import calibrate_on_folders, calibrate_threshold
 from .config import RunConfig, load_config
 from .projection import fit_within_whitening, set_projection, training_embeddings
 from .trainer import table_specs
@@ -27,13 +27,12 @@ from .trainer import table_specs
 SHRINKAGES = (0.01, 0.03, 0.1, 0.3)
 
 
-def fit_projection(analyzer: FaceAnalyzer, cfg: RunConfig, shrinkages: Sequence[float], root: Path
-                   ) -> tuple[dict[str, object], dict[str, float]]:
-    """Try each shrinkage (and none) on the run's training identities; keep the best on the val pairs of
-    ``root``. Returns the fit's record and the kept choice's threshold calibration."""
+def fit_projection(analyzer: FaceAnalyzer, cfg: RunConfig, shrinkages: Sequence[float],
+                   calibrate: Callable[[], dict[str, Any]]) -> tuple[dict[str, object], dict[str, Any]]:
+    """Try each shrinkage (and none) on the run's training identities; keep the one ``calibrate`` (threshold
+    calibration on val pairs) scores best. Returns the fit's record and the kept choice's calibration."""
     spec = table_specs(cfg)["train"]
-    cache = default_cache_dir(cfg.data.cache_dir)
-    table = build_table(spec, cache)
+    table = build_table(spec, default_cache_dir(cfg.data.cache_dir))
     rows = table.identity >= 0
     pad, size = spec.padding, spec.input_size
     crops = np.ascontiguousarray(table.crops[rows][:, pad:pad + size, pad:pad + size])
@@ -41,7 +40,6 @@ def fit_projection(analyzer: FaceAnalyzer, cfg: RunConfig, shrinkages: Sequence[
     set_projection(model, None, None)
     embeddings = training_embeddings(model, crops, analyzer.device)
     identities = np.tile(table.identity[rows], 2)
-    calibrate = partial(calibrate_threshold, analyzer, root, cache, cfg.data.limit or None)
     fits = {"none": (None, None)}
     found = {"none": calibrate()}
     for shrinkage in shrinkages:
@@ -61,25 +59,33 @@ def fit_projection(analyzer: FaceAnalyzer, cfg: RunConfig, shrinkages: Sequence[
 
 
 def ship(model: str | os.PathLike[str], out: str | os.PathLike[str], config: Path | None = None,
-         data: Path | None = None, shrinkages: Sequence[float] | None = None, force: bool = False
-         ) -> dict[str, float]:
+         data: Path | None = None, shrinkages: Sequence[float] | None = None, force: bool = False,
+         val_folders: Path | None = None) -> dict[str, Any]:
     """Write ``model`` to ``out`` with a projection (when the run's ``config`` is given: its data, cache and
-    limit) and a threshold calibrated on the val identities of ``data`` (else the config's, else the default
-    data folder); returns the calibration. An existing ``out`` is replaced only with ``force``."""
+    limit) and a calibrated threshold; returns the calibration. The threshold is calibrated on the pairs of
+    ``val_folders`` (people never trained on, one sub-folder of photos each) when given, else on the CelebA
+    val identities of ``data`` (else the config's, else the default data folder). An existing ``out`` is
+    replaced only with ``force``."""
     out = Path(out)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists; pass force=True (--force) to replace it")
     analyzer = FaceAnalyzer(model=model, device="cpu")
+    cfg = None if config is None else load_config(config, None if data is None else {"data.root": str(data)})
+    cache = default_cache_dir(cfg.data.cache_dir if cfg else None)
+    if val_folders is not None:
+        calibrate = partial(calibrate_on_folders, analyzer, Path(val_folders), cache)
+        chosen_on = f"all same/different pairs of the people in {val_folders}, flip-averaged embeddings"
+    else:
+        root = Path(data or (cfg and cfg.data.root) or data_root())
+        calibrate = partial(calibrate_threshold, analyzer, root, cache, (cfg.data.limit if cfg else 0) or None)
+        chosen_on = "all same/different pairs of the CelebA val identities, flip-averaged embeddings"
     meta = dict(analyzer.model.meta)
-    if config is not None:
-        cfg = load_config(config, None if data is None else {"data.root": str(data)})
-        root = Path(cfg.data.root or data_root())
-        fit, found = fit_projection(analyzer, cfg, SHRINKAGES if shrinkages is None else shrinkages, root)
+    if cfg is not None:
+        fit, found = fit_projection(analyzer, cfg, SHRINKAGES if shrinkages is None else shrinkages, calibrate)
         meta["verification_projection"] = json.dumps(fit)
     else:
-        found = calibrate_threshold(analyzer, data or data_root())
+        found = calibrate()
     analyzer.model.config.verification_threshold = found["threshold"]
-    meta["verification_threshold"] = json.dumps({**found, "chosen_on": "all same/different pairs of the CelebA "
-                                                 "val identities, flip-averaged embeddings"})
+    meta["verification_threshold"] = json.dumps({**found, "chosen_on": chosen_on})
     analyzer.model.save(out, meta)
     return found
