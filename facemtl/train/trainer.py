@@ -180,7 +180,8 @@ class Trainer:
             mcfg.num_identities = self.num_identities
         self.model = MultiTaskNet(mcfg)
         self.transfer = (init_from(self.model, cfg.train.init, self.table.identity_names)
-                         if cfg.train.init else None)
+                         if cfg.train.init and self._load_checkpoint() is None else None)
+        self.init_record = self.transfer.to_dict() if self.transfer else None
         self.model.to(self.device)
         tasks = [t for t in mcfg.tasks]
         self.weighting = build_weighting(cfg.train.weighting, tasks, **cfg.train.weighting_options).to(self.device)
@@ -241,6 +242,7 @@ class Trainer:
             "pcgrad_rng": self.pcgrad_gen.get_state(), "history": json.dumps(self.history),
             "cosines": json.dumps(self.cosines), "nan_streak": self.nan_streak, "wall": self.wall,
             "world": self.world, "reschedules": json.dumps(self.reschedules),
+            "init": json.dumps(self.init_record),
         }
 
     def save_checkpoint(self) -> None:
@@ -283,6 +285,7 @@ class Trainer:
             raise CheckpointError(f"{self.out}: the checkpoint belongs to a run with a different config; "
                                   "use another out_dir or the original config")
         self.reschedules = json.loads(state.get("reschedules", "[]"))
+        self.init_record = json.loads(state.get("init", "null"))
         if saved["train"]["epochs"] != self.cfg.train.epochs:
             self.reschedules.append({"at_epoch": int(state["epoch"]), "from_epochs": int(saved["train"]["epochs"]),
                                      "to_epochs": self.cfg.train.epochs})
@@ -499,7 +502,7 @@ class Trainer:
                 "world": self.world, "device": str(self.device), "final_validation": json.dumps(last),
                 "identity_names": json.dumps(self.table.identity_names),
                 "reschedules": json.dumps(self.reschedules),
-                "init": json.dumps(self.transfer.to_dict() if self.transfer else None)}
+                "init": json.dumps(self.init_record)}
 
     def _write_logs(self, final: bool = False) -> None:
         """log.csv (one row per epoch), grad_cosines.csv, and at the end the curves / heat-map as PNG."""
