@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reschedule", action="store_true",
                    help="resume a run with a different train.epochs (shorten or extend it; recorded in the model)")
     p.add_argument("--init", default=None, metavar="MODEL",
-                   help="fine-tune: start from this model file's weights ('shipped': the model installed with facemtl); "
-                        "sets train.init")
+                   help="fine-tune: start from this model file's weights ('shipped': the model installed with "
+                        "facemtl); sets train.init")
     p.set_defaults(run=_command("train", "run_train"))
 
     p = sub.add_parser("ship", help="fit a trained model's embedding projection and calibrate its verification "

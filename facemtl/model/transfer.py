@@ -59,9 +59,9 @@ def _misfit(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> l
 
 def init_from(model: MultiTaskNet, path: str | os.PathLike[str],
               identity_names: Sequence[str] | None = None) -> Transfer:
-    """Copy into ``model`` every tensor of the model file at ``path`` (``"shipped"``: the installed model) that has its name and shape and still means
-    the same (an identity classifier only over the same people, ``identity_names``; attribute and pose heads
-    only over the same names); the projection is never copied.
+    """Copy into ``model`` every tensor of the model file at ``path`` (``"shipped"``: the installed model) that
+    has its name and shape and still means the same (an identity classifier only over the same people,
+    ``identity_names``; attribute and pose heads only over the same names); the projection is never copied.
 
     The shared network must fit whole: a file of another trunk, width or input size raises ``ConfigError``
     rather than leaving the run to train from scratch unnoticed.
