@@ -24,12 +24,11 @@ from ..io import load_image
 from .celeba import CELEBA_ATTRIBUTES, read_celeba
 from .folders import read_person_folders
 from .landmark_cache import CachedFace, cached_landmarks
-from .mtfl import read_mtfl
+from .mtfl import MTFL_ATTRIBUTES, read_mtfl
 from .transforms import AugmentConfig, build_augment, center_crop, hflip
 
 TABLE_VERSION = 3
 SOURCES = ("celeba", "wild", "mtfl")
-MTFL_ATTRIBUTES = {"male": "Male", "smiling": "Smiling", "eyeglasses": "Eyeglasses"}
 
 
 @dataclass

@@ -10,6 +10,8 @@ import numpy as np
 from ..errors import DatasetError
 
 POSE_CLASSES = 5
+MTFL_ATTRIBUTES = {"male": "Male", "smiling": "Smiling", "eyeglasses": "Eyeglasses"}
+"""Each binary field of an MTFL face and the CelebA attribute that means the same."""
 MATLAB_ORIGIN = 1.0
 """MTFL's points are MATLAB pixel coordinates (the first pixel's centre is 1); the toolkit's are 0-based (the
 first pixel's centre is 0, as in numpy, OpenCV and ``facemtl.align``), so the reader subtracts this."""

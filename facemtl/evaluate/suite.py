@@ -28,7 +28,7 @@ from ..analyzer import CropOutputs, FaceAnalyzer, to_photo
 from ..data.celeba import read_celeba
 from ..data.folders import read_person_folders
 from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir, largest
-from ..data.mtfl import read_mtfl
+from ..data.mtfl import MTFL_ATTRIBUTES, read_mtfl
 from ..errors import DatasetError
 from ..io import load_image
 from ..types import POSE_NAMES
@@ -39,8 +39,9 @@ from .verification import (cosine_scores, make_identity_pairs, roc, verification
                            verification_accuracy_with_failures)
 
 PARTS = ("celeba", "wild", "mtfl")
-MTFL_LABELS = {"gender": ("male", "Male"), "smile": ("smiling", "Smiling"), "glasses": ("eyeglasses", "Eyeglasses")}
-"""MTFL's attributes: the reader's field (1 = male / smiling / glasses) and the CelebA attribute that predicts it."""
+MTFL_LABELS = {"gender": "male", "smile": "smiling", "glasses": "eyeglasses"}
+"""MTFL's attributes by name: the reader's field (1 = male / smiling / glasses); ``MTFL_ATTRIBUTES`` names the
+CelebA attribute that predicts each."""
 ERROR_THUMBNAILS = 48
 
 
@@ -186,8 +187,8 @@ def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | 
         result["landmarks_annotated_alignment"] = _annotated_alignment(analyzer, faces, gt)
     names = list(analyzer.model.config.attribute_names)
     if out.attributes is not None:
-        probs = out.attributes[:, [names.index(attr) for _, attr in MTFL_LABELS.values()]]
-        truth = np.array([[getattr(f, field) for field, _ in MTFL_LABELS.values()] for f in faces])
+        probs = out.attributes[:, [names.index(MTFL_ATTRIBUTES[field]) for field in MTFL_LABELS.values()]]
+        truth = np.array([[getattr(f, field) for field in MTFL_LABELS.values()] for f in faces])
         scored = attribute_accuracy(probs, truth, tuple(MTFL_LABELS))
         result.update({f"{label}_accuracy": float(scored.accuracy[k]) for k, label in enumerate(MTFL_LABELS)})
         result["attributes"] = scored.to_dict()
@@ -308,7 +309,7 @@ def _write(results: dict[str, Any], out: Path, names: list[str]) -> None:
         if thumbs:
             plots.plot_image_grid([t for t, _ in thumbs], [c for _, c in thumbs], out / f"mtfl_{label}_errors.png",
                                   title=f"MTFL test: the most confident wrong {label} answers (label 1 = "
-                                        f"{MTFL_LABELS[label][0]})")
+                                        f"{MTFL_LABELS[label]})")
     if "celeba" in results and "_attr_acc" in results["celeba"]:
         plots.plot_attribute_bars(names, {"facemtl": results["celeba"]["_attr_acc"]}, out / "attributes.png",
                                   title="CelebA test: accuracy per attribute")
