@@ -148,17 +148,25 @@ def evaluate_celeba(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int 
     return result
 
 
+def _largest_face_embeddings(analyzer: FaceAnalyzer, paths: Sequence[Path], cache_file: Path
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Whole photos end to end: the embedding of each photo's largest face (detections cached in
+    ``cache_file``) and the mask of photos without one (their rows are meaningless)."""
+    found = cached_detections(paths, cache_file, analyzer.detector)
+    chosen = [None if found[p] is None else largest(found[p]) for p in paths]
+    out, _, missing = _faces_to_crops(analyzer, paths, chosen, None, refine=False)
+    return out.embedding, missing
+
+
 def evaluate_wild(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | None = None) -> dict[str, Any]:
     photos = read_person_folders(root / "celeba_wild" / "test")[:limit]
     paths = [p.path for p in photos]
     if "verification" not in analyzer.model.config.tasks:
         return {"photos": len(paths)}
-    found = cached_detections(paths, cache / "eval-wild-test.json", analyzer.detector)
-    chosen = [None if found[p] is None else largest(found[p]) for p in paths]
-    out, _, missing = _faces_to_crops(analyzer, paths, chosen, None, refine=False)
+    embedding, missing = _largest_face_embeddings(analyzer, paths, cache / "eval-wild-test.json")
     people = np.array([p.person for p in photos])
     a, b, same, fold = make_identity_pairs(people, seed=1)
-    scores = cosine_scores(out.embedding[a], out.embedding[b])
+    scores = cosine_scores(embedding[a], embedding[b])
     scores[missing[a] | missing[b]] = np.nan
     scored, accuracy, unscored = verification_accuracy_with_failures(scores, same, fold)
     far, tar, _ = roc(scores[np.isfinite(scores)], same[np.isfinite(scores)])
@@ -274,15 +282,13 @@ def calibrate_on_folders(analyzer: FaceAnalyzer, folder: Path, cache_dir: Path |
     paths = [p.path for p in photos]
     cache = default_cache_dir(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    found = cached_detections(paths, cache / "calibrate-folders.json", analyzer.detector)
-    chosen = [None if found[p] is None else largest(found[p]) for p in paths]
-    out, _, missing = _faces_to_crops(analyzer, paths, chosen, None, refine=False)
+    embedding, missing = _largest_face_embeddings(analyzer, paths, cache / "calibrate-folders.json")
     people = np.array([p.person for p in photos])[~missing]
     if len(np.unique(people)) < 2 or len(people) == len(np.unique(people)):
         raise DatasetError(f"{folder}: calibration needs at least two people and one of them with two photos "
                            f"in which a face is found ({int((~missing).sum())} of {len(paths)} photos have one)")
     a, b, same, fold = make_identity_pairs(people, seed=1)
-    embedding = out.embedding[~missing]
+    embedding = embedding[~missing]
     result = verification_accuracy(cosine_scores(embedding[a], embedding[b]), same, fold)
     return {"threshold": float(result.threshold), "val_accuracy": float(result.accuracy),
             "photos": len(paths), "photos_without_face": int(missing.sum())}
