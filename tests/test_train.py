@@ -216,7 +216,8 @@ def test_fine_tune_then_ship(tmp_path: Path, data_dir: Path, table_cache: Path,
     record = json.loads(load_model(tmp_path / "g" / "model.pt").meta["init"])
     assert record["source"] == load_model(source).model_id and record["copied"] > 0
     with pytest.raises(ConfigError, match="does not fit"):
-        Trainer(load_config(tuned, {"train.init": str(source), "model.width": 0.25, "out_dir": str(tmp_path / "h")}))
+        Trainer(load_config(tuned, {"train.init": str(source), "model.width": 0.25,
+                                    "out_dir": str(tmp_path / "h")})).run()
     source.rename(tmp_path / "moved.pt")                # resuming needs the checkpoint, not the file it started from
     finish(start(tuned, "--init", str(source), "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2",
                  "--reschedule"))

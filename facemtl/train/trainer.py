@@ -37,7 +37,7 @@ from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, FacemtlError, WeightsError
 from ..gradients import flat_task_grads, gradient_cosines, pcgrad_backward
 from ..model.multitask import MultiTaskNet
-from ..model.transfer import init_from
+from ..model.transfer import Transfer, init_from
 from ..serialization import atomic_write_bytes, load_file, save_file
 from ..weighting import TaskEarlyStopping, build_weighting
 from .config import RunConfig
@@ -178,11 +178,8 @@ class Trainer:
         mcfg = cfg.model
         if "identity" in mcfg.tasks:
             mcfg.num_identities = self.num_identities
-        self.model = MultiTaskNet(mcfg)
-        self.transfer = (init_from(self.model, cfg.train.init, self.table.identity_names)
-                         if cfg.train.init and self._load_checkpoint() is None else None)
-        self.init_record = self.transfer.to_dict() if self.transfer else None
-        self.model.to(self.device)
+        self.model = MultiTaskNet(mcfg).to(self.device)
+        self.init_record: dict[str, Any] | None = None
         tasks = [t for t in mcfg.tasks]
         self.weighting = build_weighting(cfg.train.weighting, tasks, **cfg.train.weighting_options).to(self.device)
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
@@ -309,6 +306,13 @@ class Trainer:
         self.nan_streak, self.wall = state["nan_streak"], state["wall"]
         return True
 
+    def _start_from(self, path: str) -> Transfer:
+        """Fine-tuning: copy a model file's weights into the fresh network (every process alike, in place, so
+        the optimiser and DDP keep the same tensors) and remember what was done for the model's metadata."""
+        transfer = init_from(self.model, path, self.table.identity_names)
+        self.init_record = transfer.to_dict()
+        return transfer
+
     # ---------------------------------------------------------------- training
     def run(self) -> Path:
         """Train to the configured number of epochs; returns the final model path."""
@@ -316,15 +320,16 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
         resumed = self.resume()
+        transfer = None if resumed or not self.cfg.train.init else self._start_from(self.cfg.train.init)
         if self.main:
             print(f"facemtl train: {len(self.train_idx)} training samples "
                   f"({', '.join(f'{SOURCES[s]} {int((self.table.source[self.train_idx] == s).sum())}' for s in range(3))}), "
                   f"{self.num_identities} identities, {self.steps_per_epoch} steps/epoch x {self.cfg.train.epochs}, "
                   f"batch {self.sampler.plan.batch_size} x {self.world} process(es), device {self.device}"
                   + (f"; resumed at epoch {self.epoch} step {self.step}" if resumed else ""), flush=True)
-            if self.transfer and not resumed:
-                print(f"started from {self.cfg.train.init} ({self.transfer.source}): {len(self.transfer.copied)} "
-                      f"tensors copied; fresh: {', '.join(self.transfer.fresh) or 'none'}", flush=True)
+            if transfer:
+                print(f"started from {self.cfg.train.init} ({transfer.source}): {len(transfer.copied)} "
+                      f"tensors copied; fresh: {', '.join(transfer.fresh) or 'none'}", flush=True)
         if not resumed and self.main:
             metrics, vlosses = validate(self.model, self.val_sets, self.device, self.cfg.train.verification_margin)
             self.history.append({"epoch": 0, **{f"val_{k}": v for k, v in metrics.items()},
