@@ -68,9 +68,9 @@ def attribute_accuracy(
     """Score (N, A) attribute probabilities against {0,1} targets, ignoring entries where mask is False.
 
     An attribute is predicted present when ``prob >= threshold``. Balanced accuracy is the mean of the true
-    positive and true negative rates (``positive_rate``, ``negative_rate``: NaN where a class has no label); when only one class occurs among an attribute's valid labels it is
-    that class's rate alone, and NaN when the attribute has no valid label. Means run over the attributes
-    with at least one valid label. Target values under a False mask are never read (NaN is fine there).
+    positive and true negative rates (``positive_rate``, ``negative_rate``: NaN where a class has no label);
+    when only one class occurs among an attribute's valid labels it is that class's rate alone, and NaN when
+    the attribute has no valid label. Means run over the attributes with at least one valid label. Target values under a False mask are never read (NaN is fine there).
     """
     p = np.asarray(probs, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64)
