@@ -100,36 +100,67 @@ def test_tiny_run_writes_model_logs_and_plots(tmp_path: Path, data_dir: Path, ta
     assert (run / "grad_cosines.csv").read_text().count("\n") == 3
 
 
-def _killed_run_equals_uninterrupted(tmp_path: Path, data_dir: Path, cache: Path, sharing: str,
-                                     kill_after: list[int]) -> None:
+def _wait_for(proc: subprocess.Popen, reached: Callable[[], bool]) -> None:
+    deadline = time.time() + 240
+    while not reached():
+        assert proc.poll() is None, "run ended before the kill point"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def _tear_next_write(run: Path) -> None:
+    """What a kill halfway through writing the next checkpoint leaves: a partial ``checkpoint.next.pt``."""
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.next.pt").write_bytes(data[: len(data) // 3])
+
+
+def _between_renames(run: Path) -> None:
+    """What a kill between the checkpoint's two renames leaves: the newest only as ``checkpoint.next.pt``."""
+    os.replace(run / "checkpoint.prev.pt", run / "checkpoint.older.pt")
+    os.replace(run / "checkpoint.pt", run / "checkpoint.next.pt")
+    os.replace(run / "checkpoint.older.pt", run / "checkpoint.prev.pt")
+
+
+KillPoint = tuple[str, int, Callable[[Path], None] | None]
+"""Where a run is killed: after its epoch-0 validation ("validated") or once its checkpoint reaches a step
+("checkpoint", step), and what the kill leaves of a checkpoint being written at that moment (None: nothing)."""
+
+
+def _killed_run_equals_uninterrupted(tmp_path: Path, data_dir: Path, sharing: str, kills: list[KillPoint]) -> None:
+    """A run killed at each point and restarted ends with the weights of an uninterrupted one. The
+    uninterrupted run builds the crop tables (running the detector in its process), the killed one reads
+    them from that cache: the model must not depend on which."""
+    cache = tmp_path / "cache"
     whole = write_config(tmp_path / "a.toml", tmp_path / "a", data_dir, cache, sharing)
     finish(start(whole))
-    broken = write_config(tmp_path / "b.toml", tmp_path / "b", data_dir, cache, sharing)
-    rng = np.random.default_rng(len(kill_after))
-    for step in kill_after:
+    run = tmp_path / "b"
+    broken = write_config(tmp_path / "b.toml", run, data_dir, cache, sharing)
+    for where, step, leftover in kills:
         proc = start(broken)
-        deadline = time.time() + 240
-        while checkpoint_step(tmp_path / "b") < step:
-            assert proc.poll() is None, "run ended before the kill point"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        time.sleep(float(rng.uniform(0, 0.4)))                               # somewhere after that checkpoint
+        if where == "validated":
+            _wait_for(proc, lambda: (run / "log.csv").is_file())
+        else:
+            _wait_for(proc, lambda: checkpoint_step(run) >= step)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        if leftover:
+            leftover(run)
     out = finish(start(broken))
     assert "resumed at epoch" in out
-    a, b = state(tmp_path / "a" / "model.pt"), state(tmp_path / "b" / "model.pt")
+    a, b = state(tmp_path / "a" / "model.pt"), state(run / "model.pt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
 
 
-def test_killed_three_times_resumes_to_the_same_weights(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
-    _killed_run_equals_uninterrupted(tmp_path, data_dir, table_cache, "hard", kill_after=[2, 4, 8])
+def test_killed_three_times_resumes_to_the_same_weights(tmp_path: Path, data_dir: Path) -> None:
+    _killed_run_equals_uninterrupted(tmp_path, data_dir, "hard", [
+        ("validated", 0, None), ("checkpoint", 2, _tear_next_write), ("checkpoint", 6, _between_renames)])
 
 
-def test_cross_stitch_resumes_exactly_too(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
-    _killed_run_equals_uninterrupted(tmp_path, data_dir, table_cache, "cross_stitch", kill_after=[4])
+def test_cross_stitch_resumes_exactly_too(tmp_path: Path, data_dir: Path) -> None:
+    _killed_run_equals_uninterrupted(tmp_path, data_dir, "cross_stitch",
+                                     [("checkpoint", 4, _tear_next_write)])
 
 
 @pytest.mark.parametrize("sharing", ["hierarchical", "cross_stitch", "shared_private"])

@@ -115,7 +115,6 @@ class Trainer:
         self.main = self.rank == 0
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
-        torch.manual_seed(cfg.train.seed)
         self._setup_data()
         self._setup_model()
         self.epoch, self.step, self.global_step = 0, 0, 0
@@ -178,6 +177,7 @@ class Trainer:
         mcfg = cfg.model
         if "identity" in mcfg.tasks:
             mcfg.num_identities = self.num_identities
+        torch.manual_seed(cfg.train.seed)   # here, not earlier: building the tables may draw from torch's RNG
         self.model = MultiTaskNet(mcfg).to(self.device)
         self.init_record: dict[str, Any] | None = None
         tasks = [t for t in mcfg.tasks]
