@@ -2,7 +2,10 @@
 
 The public API is imported lazily (so ``facemtl --help`` starts fast):
 
-    from facemtl import FaceAnalyzer, load_image, detect, align, load_model
+    from facemtl import FaceAnalyzer, load_image, detect_faces, align_faces, load_model, sample_photo
+
+No public name is also the name of a submodule: importing ``facemtl.detect`` binds the package attribute
+``detect`` to the module, which would shadow a function of that name.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_image": "facemtl.io",
-    "detect": "facemtl.detect.detector",
+    "detect_faces": "facemtl.detect.detector:detect",
     "FaceDetector": "facemtl.detect.detector",
-    "align": "facemtl.align",
+    "align_faces": "facemtl.align:align",
+    "sample_photo": "facemtl._resources",
     "FaceAnalyzer": "facemtl.analyzer",
     "load_model": "facemtl.model.multitask",
     "MultiTaskNet": "facemtl.model.multitask",
@@ -31,5 +35,6 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'facemtl' has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    return module if name == "errors" else getattr(module, name)
+    module_name, _, attr = _EXPORTS[name].partition(":")
+    module = importlib.import_module(module_name)
+    return module if name == "errors" else getattr(module, attr or name)
