@@ -36,6 +36,8 @@ def test_round_trip_under_another_root(mtfl_table: tuple[FaceTable, TableSpec], 
     for name in ("identity", "attributes", "attr_mask", "pose", "source", "files"):
         np.testing.assert_array_equal(getattr(back, name), getattr(table, name))
     np.testing.assert_array_equal(back.landmarks, table.landmarks)
+    np.testing.assert_array_equal(back.points, table.points)
+    np.testing.assert_array_equal(back.age, table.age)
     assert back.identity_names == table.identity_names
     assert back.crops.shape == table.crops.shape and back.crops.dtype == np.uint8
     mse = np.mean((back.crops.astype(np.float64) - table.crops) ** 2)

@@ -26,9 +26,10 @@ from .folders import read_person_folders
 from .landmark_cache import CachedFace, cached_landmarks
 from .mtfl import MTFL_ATTRIBUTES, read_mtfl
 from .transforms import AugmentConfig, build_augment, center_crop, hflip
+from .utkface import read_utkface
 
-TABLE_VERSION = 3
-SOURCES = ("celeba", "wild", "mtfl")
+TABLE_VERSION = 4
+SOURCES = ("celeba", "wild", "mtfl", "utkface")
 
 
 @dataclass
@@ -44,6 +45,15 @@ class FaceTable:
     source: np.ndarray         # (N,) int8 index into SOURCES
     files: np.ndarray          # (N,) str, the image each crop came from
     identity_names: list[str] = field(default_factory=list)
+    age: np.ndarray | None = None     # (N,) float32 years, NaN if unknown
+    points: np.ndarray | None = None  # (N,5,2) float32 photo pixels the crop was aligned on
+
+    def __post_init__(self) -> None:
+        n = len(self.crops)
+        if self.age is None:
+            self.age = np.full(n, np.nan, np.float32)
+        if self.points is None:
+            self.points = np.full((n, 5, 2), np.nan, np.float32)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -52,7 +62,7 @@ class FaceTable:
         """Rows ``index`` as a new table (identity names kept)."""
         return FaceTable(self.crops[index], self.landmarks[index], self.identity[index], self.attributes[index],
                          self.attr_mask[index], self.pose[index], self.source[index], self.files[index],
-                         self.identity_names)
+                         self.identity_names, self.age[index], self.points[index])
 
     def save(self, path: Path) -> None:
         from ..serialization import atomic_write_bytes
@@ -60,14 +70,15 @@ class FaceTable:
         buf = io.BytesIO()
         np.savez(buf, crops=self.crops, landmarks=self.landmarks, identity=self.identity,
                  attributes=self.attributes, attr_mask=self.attr_mask, pose=self.pose, source=self.source,
-                 files=self.files.astype(str), identity_names=np.array(self.identity_names, dtype=str))
+                 files=self.files.astype(str), identity_names=np.array(self.identity_names, dtype=str),
+                 age=self.age, points=self.points)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "FaceTable":
         z = np.load(path, allow_pickle=False)
         return cls(z["crops"], z["landmarks"], z["identity"], z["attributes"], z["attr_mask"], z["pose"],
-                   z["source"], z["files"], [str(s) for s in z["identity_names"]])
+                   z["source"], z["files"], [str(s) for s in z["identity_names"]], z["age"], z["points"])
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class TableSpec:
     limit: int = 0
     """Keep about this many images per source (whole identities, in sorted order; 0 = all): small tables
     for tests and quick runs."""
+    utkface_split: str | None = None
 
     def key(self) -> str:
         text = json.dumps({**self.__dict__, "v": TABLE_VERSION}, sort_keys=True)
@@ -98,9 +110,10 @@ def _fallback_landmarks(found: dict[Path, CachedFace | None], sizes: dict[Path, 
 
 
 def _crop_rows(items: list[tuple[Path, np.ndarray | None]], spec: TableSpec, desc: str,
-               landmark_labels: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
-    """Align each (image, landmarks) into a context crop; landmarks mapped into crop pixels when labels."""
-    crops, points, ok = [], [], []
+               landmark_labels: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[bool]]:
+    """Align each (image, landmarks) into a context crop; returns crops, landmark labels in crop pixels (NaN
+    unless ``landmark_labels``), the photo points each crop was aligned on, and which items gave a crop."""
+    crops, labels, points, ok = [], [], [], []
     nan = np.full((5, 2), np.nan, np.float32)
     for path, lm in tqdm(items, desc=desc, unit="img", leave=False):
         if lm is None:
@@ -113,9 +126,10 @@ def _crop_rows(items: list[tuple[Path, np.ndarray | None]], spec: TableSpec, des
             continue
         aligned = align(image, lm, size=spec.input_size, padding=spec.padding)
         crops.append(aligned.crops[0])
-        points.append(aligned.to_crop(lm[None])[0].astype(np.float32) if landmark_labels else nan)
+        labels.append(aligned.to_crop(lm[None])[0].astype(np.float32) if landmark_labels else nan)
+        points.append(np.asarray(lm, np.float32))
         ok.append(True)
-    return crops, points, ok
+    return crops, labels, points, ok
 
 
 def _limit_by_group(items: list[Any], group: Any, limit: int) -> list[Any]:
@@ -151,32 +165,34 @@ def build_table(spec: TableSpec, cache_dir: Path, detector: Any = None, progress
         fallback = _fallback_landmarks(found, sizes)
         items = [(f.path, found[f.path].landmarks if found[f.path] is not None
                   else fallback * np.array([178, 218], np.float32)) for f in faces]
-        crops, points, _ = _crop_rows(items, spec, "align celeba", landmark_labels=False)
+        crops, labels, points, _ = _crop_rows(items, spec, "align celeba", landmark_labels=False)
         id_map = {i: len(names) + k for k, i in enumerate(sorted({f.identity for f in faces}))}
         names += [f"celeba:{i}" for i in sorted(id_map)]
         n = len(faces)
-        parts.append(FaceTable(np.stack(crops), np.stack(points), np.array([id_map[f.identity] for f in faces]),
+        parts.append(FaceTable(np.stack(crops), np.stack(labels), np.array([id_map[f.identity] for f in faces]),
                                np.stack([f.attributes for f in faces]), np.ones((n, n_attr), bool),
-                               np.full(n, -1), np.full(n, 0, np.int8), np.array([str(f.path) for f in faces])))
+                               np.full(n, -1), np.full(n, 0, np.int8), np.array([str(f.path) for f in faces]),
+                               points=np.stack(points)))
     if spec.wild_split:
         photos = _limit_by_group(read_person_folders(root / "celeba_wild" / spec.wild_split), lambda p: p.person,
                                  spec.limit)
         found = cached_landmarks([p.path for p in photos], cache_dir / f"landmarks-wild-{spec.wild_split}.json",
                                  detector, progress=progress)
         items = [(p.path, None if found[p.path] is None else found[p.path].landmarks) for p in photos]
-        crops, points, ok = _crop_rows(items, spec, "align wild", landmark_labels=False)
+        crops, labels, points, ok = _crop_rows(items, spec, "align wild", landmark_labels=False)
         kept = [p for p, good in zip(photos, ok) if good]
         id_map = {name: len(names) + k for k, name in enumerate(sorted({p.person for p in kept}))}
         names += [f"wild:{p}" for p in sorted(id_map)]
         n = len(kept)
-        parts.append(FaceTable(np.stack(crops), np.stack(points), np.array([id_map[p.person] for p in kept]),
+        parts.append(FaceTable(np.stack(crops), np.stack(labels), np.array([id_map[p.person] for p in kept]),
                                np.zeros((n, n_attr), np.uint8), np.zeros((n, n_attr), bool), np.full(n, -1),
-                               np.full(n, 1, np.int8), np.array([str(p.path) for p in kept])))
+                               np.full(n, 1, np.int8), np.array([str(p.path) for p in kept]),
+                               points=np.stack(points)))
     if spec.mtfl_split:
         faces = read_mtfl(root / "MTFL", spec.mtfl_split)
         faces = faces[:spec.limit] if spec.limit > 0 else faces
-        crops, points, _ = _crop_rows([(f.path, f.landmarks) for f in faces], spec, "align mtfl",
-                                      landmark_labels=True)
+        crops, labels, points, _ = _crop_rows([(f.path, f.landmarks) for f in faces], spec, "align mtfl",
+                                              landmark_labels=True)
         n = len(faces)
         attrs = np.zeros((n, n_attr), np.uint8)
         mask = np.zeros((n, n_attr), bool)
@@ -184,18 +200,44 @@ def build_table(spec: TableSpec, cache_dir: Path, detector: Any = None, progress
             col = CELEBA_ATTRIBUTES.index(attr)
             attrs[:, col] = [getattr(f, field_name) for f in faces]
             mask[:, col] = True
-        parts.append(FaceTable(np.stack(crops), np.stack(points), np.full(n, -1), attrs, mask,
+        parts.append(FaceTable(np.stack(crops), np.stack(labels), np.full(n, -1), attrs, mask,
                                np.array([f.pose for f in faces]), np.full(n, 2, np.int8),
-                               np.array([str(f.path) for f in faces])))
+                               np.array([str(f.path) for f in faces]), points=np.stack(points)))
+    if spec.utkface_split:
+        parts.append(_utkface_part(root / "UTKFace", spec, cache_dir, detector, progress))
     if not parts:
         raise DatasetError("the table spec selects no data source")
-    table = FaceTable(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                        ("crops", "landmarks", "identity", "attributes", "attr_mask", "pose", "source", "files")),
-                      identity_names=names)
+    columns = ("crops", "landmarks", "identity", "attributes", "attr_mask", "pose", "source", "files")
+    table = FaceTable(*(np.concatenate([getattr(p, k) for p in parts]) for k in columns), identity_names=names,
+                      age=np.concatenate([p.age for p in parts]), points=np.concatenate([p.points for p in parts]))
     table.identity = table.identity.astype(np.int64)
     table.pose = table.pose.astype(np.int64)
     table.save(path)
     return table
+
+
+def _utkface_part(folder: Path, spec: TableSpec, cache_dir: Path, detector: Any, progress: bool) -> FaceTable:
+    """UTKFace's faces of one split: detector landmarks (the set's mean layout where none is found), gender as
+    CelebA's ``Male`` and the age in years."""
+    found_set = read_utkface(folder, spec.utkface_split)
+    if found_set.skipped and progress:
+        print(f"UTKFace: {len(found_set.skipped)} file(s) skipped (malformed name or not in the split list)")
+    faces = found_set.faces[:spec.limit] if spec.limit > 0 else found_set.faces
+    found = cached_landmarks([f.path for f in faces], cache_dir / "landmarks-utkface.json", detector,
+                             progress=progress)
+    fallback = _fallback_landmarks(found, {f.path: (200, 200) for f in faces}) * np.float32(200)
+    items = [(f.path, fallback if found[f.path] is None else found[f.path].landmarks) for f in faces]
+    crops, labels, points, ok = _crop_rows(items, spec, "align utkface", landmark_labels=False)
+    kept = [f for f, good in zip(faces, ok) if good]
+    n = len(kept)
+    attrs = np.zeros((n, len(CELEBA_ATTRIBUTES)), np.uint8)
+    mask = np.zeros_like(attrs, bool)
+    male = CELEBA_ATTRIBUTES.index("Male")
+    attrs[:, male] = [f.male for f in kept]
+    mask[:, male] = True
+    return FaceTable(np.stack(crops), np.stack(labels), np.full(n, -1), attrs, mask, np.full(n, -1),
+                     np.full(n, 3, np.int8), np.array([str(f.path) for f in kept]),
+                     age=np.array([f.age for f in kept], np.float32), points=np.stack(points))
 
 
 class MultiTaskDataset(torch.utils.data.Dataset):
@@ -205,11 +247,14 @@ class MultiTaskDataset(torch.utils.data.Dataset):
     resumes exactly.
     """
 
-    def __init__(self, table: FaceTable, input_size: int, augment: AugmentConfig | None = None) -> None:
+    def __init__(self, table: FaceTable, input_size: int, augment: AugmentConfig | None = None,
+                 targets: np.ndarray | None = None) -> None:
         self.table = table
         self.size = input_size
         self.augment_cfg = augment
         self.pipeline = build_augment(input_size, augment) if augment else None
+        self.targets = targets
+        """Teacher targets (N, 2, D): of the face and of its mirror image, NaN where a face has none."""
 
     def __len__(self) -> int:
         return len(self.table)
@@ -221,6 +266,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         has_points = not np.isnan(t.landmarks[index, 0, 0])
         points = t.landmarks[index] if has_points else np.zeros((5, 2), np.float32)
         pose = int(t.pose[index])
+        flipped = False
         if self.pipeline is None:
             image, off = center_crop(crop, self.size)
             points = points - off
@@ -231,6 +277,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             image, points = out["image"], np.asarray(out["keypoints"], np.float32).reshape(5, 2)
             if rng.random() < self.augment_cfg.flip:
                 image, points, pose = hflip(image, points, pose)
+                flipped = True
         targets = {
             "identity": int(t.identity[index]),
             "landmarks": points.astype(np.float32),
@@ -240,6 +287,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             "pose": pose,
             "index": int(index),
         }
+        if self.targets is not None:
+            target = self.targets[index, int(flipped)]
+            targets["distill"], targets["distill_mask"] = target, bool(np.isfinite(target[0]))
         return np.ascontiguousarray(image.transpose(2, 0, 1)), targets
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:

@@ -21,6 +21,8 @@ from ..serialization import atomic_write_bytes
 from .mixed import FaceTable, TableSpec
 
 _LABELS = ("landmarks", "identity", "attributes", "attr_mask", "pose", "source")
+_OPTIONAL = ("age", "points")
+"""Columns that archives packed by older versions lack (unpacked as unknown)."""
 
 
 def pack_table(table: FaceTable, spec: TableSpec, path: Path, quality: int = 85) -> int:
@@ -40,7 +42,7 @@ def pack_table(table: FaceTable, spec: TableSpec, path: Path, quality: int = 85)
                         offsets=offsets, crop_shape=np.array(table.crops.shape[1:]),
                         spec=np.array(json.dumps(meta, sort_keys=True)), files=table.files.astype(str),
                         identity_names=np.array(table.identity_names, dtype=str),
-                        **{k: getattr(table, k) for k in _LABELS})
+                        **{k: getattr(table, k) for k in _LABELS + _OPTIONAL})
     atomic_write_bytes(path, out.getvalue())
     return Path(path).stat().st_size
 
@@ -55,6 +57,7 @@ def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) ->
             spec = replace(TableSpec(root), **json.loads(str(z["spec"])))
             encoded, offsets, shape = z["encoded"], z["offsets"], tuple(int(s) for s in z["crop_shape"])
             labels = [z[k] for k in _LABELS]
+            optional = {k: z[k] for k in _OPTIONAL if k in z.files}
             files, names = z["files"], [str(s) for s in z["identity_names"]]
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise FacemtlError(f"{path}: not a facemtl table archive ({exc})") from exc
@@ -67,6 +70,6 @@ def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) ->
         if img is None or img.shape != shape:
             raise FacemtlError(f"{path}: crop {i} does not decode to {shape}")
         crops[i] = img[..., ::-1]
-    table = FaceTable(crops, *labels, files, names)
+    table = FaceTable(crops, *labels, files, names, **optional)
     table.save(out)
     return out

@@ -24,6 +24,11 @@ class DataConfig:
     celeba: bool = True
     wild: bool = True
     mtfl: bool = True
+    utkface: bool = False
+    """UTKFace's training split (age, gender; no identity): stage it under the data root first."""
+    teacher: str = ""
+    """Learn from a teacher (``dlib_face_recognition_resnet_model_v1``): its targets, from ``facemtl teach``
+    with the same config, join the run as the masked task ``distill`` on the embedding; empty = none."""
     cache_dir: str = ""
     """Derived data (detector landmarks, crop tables); empty means ``$FACEMTL_CACHE`` or ~/.cache/facemtl."""
     padding: int = 16
@@ -183,7 +188,11 @@ def _validate(cfg: RunConfig) -> None:
         (cfg.data.mtfl_verification in ("views", "negatives", "off"),
          "data.mtfl_verification must be 'views', 'negatives' or 'off'"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
-        (cfg.data.celeba or cfg.data.wild or cfg.data.mtfl, "data: select at least one dataset"),
+        (cfg.data.celeba or cfg.data.wild or cfg.data.mtfl or cfg.data.utkface, "data: select at least one dataset"),
+        (cfg.data.teacher in ("", "dlib_face_recognition_resnet_model_v1"),
+         "data.teacher must be '' or 'dlib_face_recognition_resnet_model_v1'"),
+        (not cfg.data.teacher or ("verification" in cfg.model.tasks and cfg.model.embedding_dim == 128),
+         "data.teacher needs the verification task's embedding with model.embedding_dim = 128 (the teacher's)"),
     ]
     for ok, message in checks:
         if not ok:

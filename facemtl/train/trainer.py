@@ -42,6 +42,7 @@ from ..serialization import atomic_write_bytes, load_file, save_file
 from ..weighting import TaskEarlyStopping, build_weighting
 from .config import RunConfig
 from .losses import task_losses
+from .teacher import training_targets
 from .validation import ValidationSet, validate
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def table_specs(cfg: RunConfig) -> dict[str, TableSpec | None]:
     d, m = cfg.data, cfg.model
     root = d.root or str(data_root())
     return {"train": TableSpec(root, "train" if d.celeba else None, "train" if d.wild else None,
-                               "training" if d.mtfl else None, m.input_size, d.padding, d.limit),
+                               "training" if d.mtfl else None, m.input_size, d.padding, d.limit,
+                               "train" if d.utkface else None),
             "val": TableSpec(root, "val", None, None, m.input_size, d.padding, d.limit) if d.celeba else None}
 
 
@@ -153,7 +155,8 @@ class Trainer:
         self.table = full
         self.train_idx = train_idx
         self.num_identities = len(full.identity_names)
-        self.dataset = MultiTaskDataset(full, m.input_size, self.cfg.augment)
+        targets = training_targets(specs["train"], cache, full, d.teacher) if d.teacher else None
+        self.dataset = MultiTaskDataset(full, m.input_size, self.cfg.augment, targets)
         plan = replace(self.cfg.train.plan, views=2 if d.mtfl_verification == "views" else 1)
         self.sampler = MultiTaskBatchSampler(full.identity, plan, self.cfg.train.seed, self.rank, self.world,
                                              indices=train_idx)
@@ -180,7 +183,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)   # here, not earlier: building the tables may draw from torch's RNG
         self.model = MultiTaskNet(mcfg).to(self.device)
         self.init_record: dict[str, Any] | None = None
-        tasks = [t for t in mcfg.tasks]
+        tasks = [*mcfg.tasks, *(["distill"] if cfg.data.teacher else [])]
         self.weighting = build_weighting(cfg.train.weighting, tasks, **cfg.train.weighting_options).to(self.device)
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
         special = self.model.sharing.special_parameters()
@@ -323,7 +326,7 @@ class Trainer:
         transfer = None if resumed or not self.cfg.train.init else self._start_from(self.cfg.train.init)
         if self.main:
             print(f"facemtl train: {len(self.train_idx)} training samples "
-                  f"({', '.join(f'{SOURCES[s]} {int((self.table.source[self.train_idx] == s).sum())}' for s in range(3))}), "
+                  f"({', '.join(f'{SOURCES[s]} {int((self.table.source[self.train_idx] == s).sum())}' for s in range(len(SOURCES)) if (self.table.source == s).any())}), "
                   f"{self.num_identities} identities, {self.steps_per_epoch} steps/epoch x {self.cfg.train.epochs}, "
                   f"batch {self.sampler.plan.batch_size} x {self.world} process(es), device {self.device}"
                   + (f"; resumed at epoch {self.epoch} step {self.step}" if resumed else ""), flush=True)
