@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -125,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: start from this model file's weights ('shipped': the model installed with "
                         "facemtl); sets train.init")
     p.set_defaults(run=_command("train", "run_train"))
+
+    p = sub.add_parser("teach", help="distillation targets: run the teacher (dlib's face descriptor, the "
+                                     "[teacher] extra) once on every training face of a config; resumable")
+    p.add_argument("--config", required=True, type=Path, help="the training config whose faces to label")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (as for train), e.g. --set data.utkface=true")
+    p.add_argument("--workers", type=_positive_int, default=max(1, (os.cpu_count() or 1)),
+                   help="teacher processes (default: one per CPU core)")
+    p.set_defaults(run=_command("teach", "run_teach"))
 
     p = sub.add_parser("ship", help="fit a trained model's embedding projection and calibrate its verification "
                                     "threshold on people never trained on; write the model ready to use")

@@ -28,6 +28,7 @@ __all__ = [
     "landmark_loss",
     "attribute_loss",
     "difference_loss",
+    "distill_loss",
 ]
 
 
@@ -237,3 +238,26 @@ def difference_loss(shared: torch.Tensor, private: torch.Tensor) -> torch.Tensor
     p = F.normalize(private.float(), dim=1)
     corr = s.t() @ p
     return (corr * corr).sum() / float(n * n)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                 relation_weight: float = 1.0) -> torch.Tensor:
+    """Embedding distillation: ``mean(1 - cos(s_i, t_i)) + relation_weight * mean((s_i.s_j - t_i.t_j)^2)``.
+
+    ``student`` and ``teacher`` are ``(N, D)`` L2-normalised embeddings; the first term pulls each face onto
+    its target, the second (over pairs i != j of valid faces) makes the batch's similarity matrix the
+    teacher's, which is what verification reads. Teacher rows of masked-out faces may be NaN.
+    """
+    if student.dim() != 2 or teacher.shape != student.shape:
+        raise InvalidInputError(f"student and teacher must both be (N,D), got {tuple(student.shape)}, "
+                                f"{tuple(teacher.shape)}")
+    _check_mask(mask, student.shape[0])
+    s, t = student[mask].float(), teacher[mask].float()
+    if s.shape[0] == 0:
+        return _empty_zero(s)
+    loss = (1.0 - (s * t).sum(1)).mean()
+    n = s.shape[0]
+    if n >= 2 and relation_weight > 0:
+        off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+        loss = loss + relation_weight * ((s @ s.t() - t @ t.t())[off] ** 2).mean()
+    return loss

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from facemtl.errors import InvalidInputError
 from facemtl.losses import (
+    distill_loss,
     attribute_loss,
     contrastive_loss,
     difference_loss,
@@ -337,3 +338,32 @@ def test_difference_loss_zero_for_orthogonal_features():
 def test_bad_mask_dtype_rejected():
     with pytest.raises(InvalidInputError):
         masked_cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.ones(2))
+
+
+def test_distill_hand_value_and_zero_at_the_target():
+    t = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    s = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]]), dim=1)
+    mask = torch.ones(3, dtype=torch.bool)
+    assert float(distill_loss(t, t, mask)) == pytest.approx(0.0, abs=1e-7)
+    r = 1 / math.sqrt(2)                                    # cosines to the targets: 1, 0, 1
+    student_sim = torch.tensor([[1, 1, r], [1, 1, r], [r, r, 1]])
+    teacher_sim = torch.tensor([[1, 0, r], [0, 1, r], [r, r, 1]])
+    off = ~torch.eye(3, dtype=torch.bool)
+    want = (1 / 3) + float(((student_sim - teacher_sim)[off] ** 2).mean())
+    assert float(distill_loss(s, t, mask)) == pytest.approx(want, rel=1e-6)
+    assert float(distill_loss(s, t, mask, relation_weight=0.0)) == pytest.approx(1 / 3, rel=1e-6)
+
+
+def test_distill_masked_faces_inert_even_with_nan_targets():
+    s = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1).requires_grad_()
+    t = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    t[2] = float("nan")
+    mask = torch.tensor([True, True, False, True])
+    loss = distill_loss(s, t, mask)
+    loss.backward()
+    keep = torch.tensor([0, 1, 3])
+    assert float(loss.detach()) == pytest.approx(float(distill_loss(s[keep].detach(), t[keep], torch.ones(3, dtype=torch.bool))))
+    assert torch.isfinite(s.grad).all() and torch.equal(s.grad[2], torch.zeros(8))
+    none = distill_loss(s, t, torch.zeros(4, dtype=torch.bool))
+    none.backward()
+    assert float(none) == 0.0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import attribute_loss, contrastive_loss, landmark_loss, margin_logits, masked_cross_entropy
+from ..losses import (attribute_loss, contrastive_loss, distill_loss, landmark_loss, margin_logits,
+                      masked_cross_entropy)
 from ..model.multitask import ModelConfig
 
 IDENTITY_MARGIN_SCALE = 32.0
@@ -21,7 +22,8 @@ def task_losses(out: dict[str, torch.Tensor], tg: dict[str, torch.Tensor], confi
     magnitude.
 
     ``tg["pair_id"]``/``tg["pair_mask"]`` label the verification pairs (identities, plus one id per face
-    for samples whose views are paired); they default to the identities.
+    for samples whose views are paired); they default to the identities. ``tg["distill"]`` (with
+    ``distill_mask``), when a run learns from a teacher, is each face's target for the embedding.
     """
     losses: dict[str, torch.Tensor] = {}
     if "identity" in out and bool(tg["identity_mask"].any()):
@@ -42,4 +44,6 @@ def task_losses(out: dict[str, torch.Tensor], tg: dict[str, torch.Tensor], confi
         losses["attributes"] = attribute_loss(out["attributes"], tg["attributes"], tg["attr_mask"])
     if "pose" in out and bool(tg["pose_mask"].any()):
         losses["pose"] = masked_cross_entropy(out["pose"], tg["pose"], tg["pose_mask"])
+    if "embedding" in out and "distill_mask" in tg and bool(tg["distill_mask"].any()):
+        losses["distill"] = distill_loss(out["embedding"], tg["distill"], tg["distill_mask"])
     return losses
