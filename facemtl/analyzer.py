@@ -23,6 +23,7 @@ from .align import align, template
 from .detect.detector import FaceDetector, as_image_list
 from .device import resolve_device
 from .errors import InvalidInputError
+from .model.heads import expected_age
 from .model.multitask import MultiTaskNet, load_model
 from .types import FLIP_PERMUTATION, Detection, Face
 
@@ -38,6 +39,7 @@ class CropOutputs:
     attributes: np.ndarray | None = None  # (N,A) probabilities
     pose: np.ndarray | None = None        # (N,5) probabilities
     identity: np.ndarray | None = None    # (N,C) logits / cosines
+    age: np.ndarray | None = None         # (N,) years
 
 
 class FaceAnalyzer:
@@ -110,6 +112,8 @@ class FaceAnalyzer:
                 face.attributes = dict(zip(self.model.config.attribute_names, map(float, out.attributes[n])))
             if out.pose is not None:
                 face.pose = dict(zip(self.model.config.pose_names, map(float, out.pose[n])))
+            if out.age is not None:
+                face.age = float(out.age[n])
             faces[k].append(face)
         return faces
 
@@ -165,6 +169,7 @@ class FaceAnalyzer:
             attributes=None if "attributes" not in res else 1.0 / (1.0 + np.exp(-res["attributes"])),
             pose=None if "pose" not in res else _softmax(res["pose"]),
             identity=res.get("identity"),
+            age=None if "age" not in res else expected_age(torch.from_numpy(res["age"])).numpy(),
         )
 
     def embed(self, images: Any | Sequence[Any]) -> list[np.ndarray | None]:

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_outputs(p)
     p.add_argument("--top", type=int, default=3, help="attributes written beside each face (default 3)")
     p.add_argument("--no-draw", action="store_true", help="skip the annotated images")
+    p.add_argument("--judgements", action="store_true",
+                   help="also draw CelebA's judgements of looks (attractive, chubby, big nose, ...; always in "
+                        "faces.json)")
     _models(p)
     p.set_defaults(run=_command("analyze"))
 

@@ -5,7 +5,7 @@ Files written to ``out_dir``:
 - ``facemtl-cnn.onnx`` / ``facemtl-cnn.torchscript.pt``: the :class:`MultiTaskNet`. Input ``crops``:
   aligned RGB crops, NCHW, pixel values 0..255, dynamic batch; uint8 for ONNX (its input type is fixed),
   uint8 or float32 for TorchScript. Outputs, in this order and under these ONNX names, the ones the model
-  has of ``identity, embedding, landmarks, attributes, pose`` (:data:`OUTPUT_ORDER`). The network
+  has of ``identity, embedding, landmarks, attributes, pose, age`` (:data:`OUTPUT_ORDER`). The network
   normalises its input itself, as in PyTorch.
 - ``facemtl-cnn.json``: the model config, output names, shapes and meanings, and the input spec.
 - ``mtcnn-{pnet,rnet,onet}.onnx`` / ``.torchscript.pt`` and ``mtcnn.json``: the detector nets as the
@@ -59,7 +59,7 @@ ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 DEFAULT_CHECK_BATCH = 4
 OUTPUT_ORDER: tuple[str, ...] = tuple(TASK_OUTPUT.values())
-"""Order of the exported CNN's outputs (those the model has): identity, embedding, landmarks, attributes, pose."""
+"""Order of the exported CNN's outputs (those the model has): identity, embedding, landmarks, attributes, pose, age."""
 
 OUTPUT_MEANING = {
     "identity": "logits over the training identities (cosines to the class centres when identity_margin > 0)",
@@ -67,6 +67,7 @@ OUTPUT_MEANING = {
     "landmarks": "five (x, y) points in crop pixels, image-left eye first",
     "attributes": "one logit per config.attribute_names entry (sigmoid gives probabilities)",
     "pose": "logits over config.pose_names (softmax gives probabilities)",
+    "age": "logits over whole years 0..100 (the age is the softmax's expected value, in years)",
 }
 DETECTOR_INPUT = "images"
 DETECTOR_OUTPUTS: dict[str, tuple[str, ...]] = {

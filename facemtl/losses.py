@@ -29,6 +29,7 @@ __all__ = [
     "attribute_loss",
     "difference_loss",
     "distill_loss",
+    "age_loss",
 ]
 
 
@@ -261,3 +262,25 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
         off = ~torch.eye(n, dtype=torch.bool, device=s.device)
         loss = loss + relation_weight * ((s @ s.t() - t @ t.t())[off] ** 2).mean()
     return loss
+
+
+def age_loss(logits: torch.Tensor, ages: torch.Tensor, mask: torch.Tensor, sigma: float = 2.0,
+             l1_weight: float = 0.1) -> torch.Tensor:
+    """Label-distribution age loss (DLDL-v2, Gao et al. 2018) over whole years ``0..K-1``.
+
+    Cross-entropy of the softmax over years against a Gaussian of width ``sigma`` years centred on the true
+    age (clipped to the last year), plus ``l1_weight`` times the absolute error of the expected age, the
+    figure that is reported. ``ages`` of masked-out faces may be NaN.
+    """
+    if logits.dim() != 2 or ages.shape != logits.shape[:1]:
+        raise InvalidInputError(f"logits (N,K) and ages (N,) expected, got {tuple(logits.shape)}, {tuple(ages.shape)}")
+    _check_mask(mask, logits.shape[0])
+    sel = logits[mask].float()
+    if sel.shape[0] == 0:
+        return _empty_zero(sel)
+    years = torch.arange(sel.shape[1], dtype=torch.float32, device=sel.device)
+    y = ages[mask].float().clamp(0, sel.shape[1] - 1)
+    target = torch.softmax(-0.5 * ((years[None] - y[:, None]) / sigma) ** 2, dim=1)
+    log_p = torch.log_softmax(sel, dim=1)
+    expected = log_p.exp() @ years
+    return -(target * log_p).sum(1).mean() + l1_weight * (expected - y).abs().mean()

@@ -20,6 +20,15 @@ FLIP_PERMUTATION: tuple[int, ...] = (1, 0, 2, 4, 3)
 POSE_NAMES: tuple[str, ...] = ("left_profile", "left", "frontal", "right", "right_profile")
 """MTFL's five head-pose classes, in MTFL's order (labels 1..5)."""
 
+JUDGEMENT_ATTRIBUTES: tuple[str, ...] = ("Attractive", "Chubby", "Big_Lips", "Big_Nose", "Narrow_Eyes",
+                                        "Oval_Face", "Pointy_Nose", "Young")
+"""CelebA labels that record an annotator's judgement of looks or age rather than something visible on the
+face; they stay in faces.json as CelebA's labels but are not drawn on photos unless asked for."""
+
+AGE_MAX = 100
+"""The age head scores each whole year 0..AGE_MAX (older people count as AGE_MAX); the age it reports is
+the expected value of that distribution, in years."""
+
 
 def _as_float_array(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     """Return ``value`` as a float32 array of ``shape``, or raise a clear ValueError."""
@@ -62,6 +71,8 @@ class Face:
     embedding: np.ndarray | None = None
     attributes: dict[str, float] = field(default_factory=dict)
     pose: dict[str, float] = field(default_factory=dict)
+    age: float | None = None
+    """Estimated age in years (an estimate from the face alone; see the model card for its error by group)."""
     crop: np.ndarray | None = None
 
     @classmethod
@@ -78,4 +89,6 @@ class Face:
             out["attributes"] = {k: round(float(v), 4) for k, v in self.attributes.items()}
         if self.pose:
             out["pose"] = {k: round(float(v), 4) for k, v in self.pose.items()}
+        if self.age is not None:
+            out["age"] = round(float(self.age), 1)
         return out

@@ -84,3 +84,24 @@ def test_shipped_landmarks_sit_on_the_annotations_in_0_based_pixels(analyzer: Fa
         chosen = [f for f in faces if f.path.parent.name == source][::40][:100]
         offset = (annotated_predictions(analyzer, chosen) - np.stack([f.landmarks for f in chosen])).mean(axis=(0, 1))
         assert np.abs(offset).max() < 0.5, (source, offset)
+
+
+def test_a_model_with_the_age_head_reports_an_age_per_face(tmp_path) -> None:
+    import torch
+
+    from facemtl.commands.analyze import face_labels
+    from facemtl.model.multitask import ModelConfig, MultiTaskNet
+    from facemtl.model.sharing import TASKS
+
+    torch.manual_seed(0)
+    model = MultiTaskNet(ModelConfig(num_identities=3, width=0.25, tasks=TASKS)).eval()
+    with torch.no_grad():
+        model.heads["age"].fc.bias.copy_(-0.5 * ((torch.arange(101.0) - 30) / 3) ** 2)   # a prior around 30
+    faces = FaceAnalyzer(model=model, refine=0).analyze(sample_photo())[0]
+    assert faces and all(25 < f.age < 35 for f in faces)
+    record = faces[0].to_dict()
+    assert record["age"] == round(faces[0].age, 1)
+    assert face_labels(faces[0], top=2)[0] == f"age {faces[0].age:.0f}"
+    faces[0].attributes = {"Attractive": 0.99, "Smiling": 0.7, "Male": 0.2}
+    assert not any("attractive" in line for line in face_labels(faces[0], top=5))
+    assert any("attractive" in line for line in face_labels(faces[0], top=5, judgements=True))

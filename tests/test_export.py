@@ -19,6 +19,7 @@ from facemtl.errors import InvalidInputError, OutputExistsError
 from facemtl.export import ExportReport, OnnxCNN, export_detector, export_model, output_names
 from facemtl.io import load_image
 from facemtl.model.multitask import ModelConfig, MultiTaskNet
+from facemtl.model.sharing import TASKS
 
 TOL = 1e-4
 HAS_ONNX = importlib.util.find_spec("onnx") is not None
@@ -44,7 +45,7 @@ def crops(photo: np.ndarray) -> np.ndarray:
 def _tiny_model() -> MultiTaskNet:
     """A tiny model with every weight random, BN statistics and the zero-initialised landmark head included."""
     torch.manual_seed(0)
-    net = MultiTaskNet(ModelConfig(num_identities=5, width=0.25))
+    net = MultiTaskNet(ModelConfig(num_identities=5, width=0.25, tasks=TASKS))              # every output, age too
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -175,7 +176,7 @@ def test_export_leaves_the_model_as_it_was(tmp_path: Path) -> None:
 def test_every_sharing_design_exports_with_parity(tmp_path: Path, crops: np.ndarray, sharing: str) -> None:
     """Inference is blind to the sharing design: each exports to TorchScript (and ONNX) within 1e-4."""
     torch.manual_seed(1)
-    net = MultiTaskNet(ModelConfig(num_identities=5, width=0.25, sharing=sharing)).eval()
+    net = MultiTaskNet(ModelConfig(num_identities=5, width=0.25, sharing=sharing, tasks=TASKS)).eval()
     formats = ["torchscript"]
     try:
         import onnx  # noqa: F401

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from facemtl.errors import InvalidInputError
 from facemtl.losses import (
+    age_loss,
     distill_loss,
     attribute_loss,
     contrastive_loss,
@@ -367,3 +368,18 @@ def test_distill_masked_faces_inert_even_with_nan_targets():
     none = distill_loss(s, t, torch.zeros(4, dtype=torch.bool))
     none.backward()
     assert float(none) == 0.0
+
+
+def test_age_loss_is_smallest_at_the_true_age_and_ignores_masked_faces():
+    years = torch.arange(101.0)
+    def peaked(age: float) -> torch.Tensor:
+        return (-0.5 * ((years - age) / 2.0) ** 2).unsqueeze(0)
+    ages, mask = torch.tensor([30.0]), torch.tensor([True])
+    at = float(age_loss(peaked(30), ages, mask))
+    assert at < float(age_loss(peaked(34), ages, mask)) < float(age_loss(peaked(50), ages, mask))
+    logits = torch.cat([peaked(30), peaked(70)]).requires_grad_()
+    loss = age_loss(logits, torch.tensor([30.0, float("nan")]), torch.tensor([True, False]))
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(at, rel=1e-6) and torch.equal(logits.grad[1], torch.zeros(101))
+    assert float(age_loss(peaked(100), torch.tensor([116.0]), mask)) == pytest.approx(
+        float(age_loss(peaked(100), torch.tensor([100.0]), mask)))                 # ages past the last year clip

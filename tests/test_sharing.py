@@ -73,7 +73,7 @@ def test_outputs_do_not_depend_on_the_design(design, trunk, size):
         out = model(images(2, size))
         features = model.sharing(torch.zeros(2, 3, size, size))
     expected = {"identity": (2, 5), "embedding": (2, 16), "landmarks": (2, 5, 2), "attributes": (2, 40),
-                "pose": (2, len(model.config.pose_names))}
+                "pose": (2, len(model.config.pose_names)), "age": (2, 101)}
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
     assert all(torch.isfinite(v).all() for v in out.values())
     sharing = model.sharing
@@ -149,8 +149,8 @@ def test_pcgrad_runs_on_the_shared_parameters(design):
 # ---------------------------------------------------------------- hierarchical: who reads which block
 @trunks
 @pytest.mark.parametrize("read_blocks,expected", [
-    (None, {"landmarks": 1, "pose": 1, "attributes": 2, "identity": 3, "verification": 3}),
-    ({"landmarks": 0, "attributes": -1, "identity": 2}, {"landmarks": 0, "pose": 1, "attributes": 3,
+    (None, {"landmarks": 1, "pose": 1, "attributes": 2, "age": 2, "identity": 3, "verification": 3}),
+    ({"landmarks": 0, "attributes": -1, "identity": 2}, {"landmarks": 0, "pose": 1, "attributes": 3, "age": 2,
                                                          "identity": 2, "verification": 3}),
 ], ids=["default", "custom"])
 def test_hierarchical_heads_read_the_configured_block(trunk, size, read_blocks, expected):
@@ -170,7 +170,7 @@ def test_hierarchical_heads_read_the_configured_block(trunk, size, read_blocks, 
     for h in hooks:
         h.remove()
     task_of = {"identity": "identity", "embedding": "verification", "landmarks": "landmarks",
-               "attributes": "attributes", "pose": "pose"}
+               "attributes": "attributes", "pose": "pose", "age": "age"}
     for head, features in head_in.items():
         necks = [maps for maps, out in neck_io if out is features]
         assert len(necks) == 1, head                       # the head reads one neck's output ...
@@ -245,7 +245,7 @@ def test_cross_stitch_with_one_group_is_a_single_column():
 # ---------------------------------------------------------------- groups
 def test_task_groups_resolution():
     assert task_groups(None, TASKS) == {"geometry": ["landmarks", "pose"],
-                                        "identity": ["identity", "verification", "attributes"]}
+                                        "identity": ["identity", "verification", "attributes", "age"]}
     assert task_groups(None, ("landmarks",)) == {"geometry": ["landmarks"]}          # empty group dropped
     assert task_groups({"a": ["landmarks"], "b": ["pose"]}, ("pose", "identity", "landmarks")) == {
         "a": ["landmarks"], "b": ["pose", "identity"]}                               # leftovers: last group

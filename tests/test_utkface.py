@@ -64,3 +64,44 @@ def test_committed_split_covers_the_staged_set() -> None:
     assert set(split) == {f.path.name for f in found.faces}
     assert split == make_split([f.path.name for f in found.faces], seed=0)
     assert collections.Counter(split.values()) == {"train": 18963, "val": 2370, "test": 2371}
+
+
+@pytest.mark.slow
+def test_a_run_learns_age_and_gender_from_a_folder_in_utkface_layout(tmp_path: Path, data_dir: Path) -> None:
+    """Real faces (CelebA's) laid out as UTKFace with a split.csv of their own: the table takes their age and
+    gender, and a run trains and validates the age head on them."""
+    import csv as csv_module
+
+    from facemtl.data.celeba import CELEBA_ATTRIBUTES, read_celeba
+    from facemtl.data.mixed import TableSpec, build_table
+    from facemtl.model.multitask import load_model
+    from facemtl.train.config import load_config
+    from facemtl.train.trainer import Trainer
+    from test_train import write_config
+
+    root = tmp_path / "data"
+    (root / "UTKFace").mkdir(parents=True)
+    for name in ("MTFL", "celeba"):
+        (root / name).symlink_to((data_dir / name).resolve())
+    faces = read_celeba(data_dir / "celeba", "val")[:48]
+    split = {}
+    for k, face in enumerate(faces):
+        name = f"{20 + k}_{k % 2}_{k % 5}_2017{k:011d}.jpg.chip.jpg"
+        (root / "UTKFace" / name).symlink_to(face.path.resolve())
+        split[name] = "val" if k % 4 == 0 else "train"
+    write_split_file(split, root / "UTKFace" / "split.csv")
+    table = build_table(TableSpec(str(root), None, None, None, utkface_split="train"), tmp_path / "cache",
+                        progress=False)
+    assert len(table) == 36 and (table.source == 3).all()
+    assert sorted(table.age.tolist()) == sorted(20 + k for k in range(48) if k % 4)
+    male = CELEBA_ATTRIBUTES.index("Male")
+    assert table.attr_mask[:, male].all() and table.attr_mask.sum() == len(table)
+    assert table.attributes[:, male].tolist() == [int(int(Path(f).name.split("_")[1]) == 0) for f in table.files]
+    path = write_config(tmp_path / "a.toml", tmp_path / "run", root, tmp_path / "cache")
+    cfg = load_config(path, {"data.wild": False, "data.utkface": True, "train.threads": 0, "train.epochs": 1,
+                             "train.identities_per_batch": 2,
+                             "model.tasks": ["identity", "verification", "landmarks", "attributes", "pose", "age"]})
+    Trainer(cfg).run()
+    rows = list(csv_module.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert np.isfinite(float(rows[-1]["val_age_mae"])) and np.isfinite(float(rows[-1]["loss_age"]))
+    assert "age" in load_model(tmp_path / "run" / "model.pt").heads

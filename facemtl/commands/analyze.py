@@ -10,14 +10,15 @@ import numpy as np
 from ..batch import Failure, collect_files, load_batches, report
 from ..draw import draw_faces
 from ..outputs import OutputDir
-from ..types import Face
+from ..types import JUDGEMENT_ATTRIBUTES, Face
 from .common import analyzer_from_args
 
 
-def face_labels(face: Face, top: int) -> list[str]:
-    """Short lines written beside a face: sex, then the most confident other attributes present."""
-    attrs = dict(face.attributes)
-    lines = []
+def face_labels(face: Face, top: int, judgements: bool = False) -> list[str]:
+    """Short lines written beside a face: age and sex, then the most confident other attributes present
+    (CelebA's judgements of looks only when ``judgements``)."""
+    attrs = {k: v for k, v in face.attributes.items() if judgements or k not in JUDGEMENT_ATTRIBUTES}
+    lines = [] if face.age is None else [f"age {face.age:.0f}"]
     if "Male" in attrs:
         male = attrs.pop("Male")
         lines.append(f"male {male:.2f}" if male >= 0.5 else f"female {1 - male:.2f}")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.no_draw:
                 try:
                     drawn = draw_faces(image, [f.box for f in faces], [f.landmarks5 for f in faces],
-                                       [face_labels(f, args.top) for f in faces])
+                                       [face_labels(f, args.top, args.judgements) for f in faces])
                     name = out.unique_name("annotated", path.stem, path.suffix.lower() or ".png")
                     out.write_image(f"annotated/{name}", drawn)
                     record["annotated"] = f"annotated/{name}"

@@ -285,6 +285,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             "attributes": t.attributes[index].astype(np.float32),
             "attr_mask": t.attr_mask[index],
             "pose": pose,
+            "age": float(np.nan_to_num(t.age[index], nan=-1.0)),
+            "age_mask": bool(np.isfinite(t.age[index])),
             "index": int(index),
         }
         if self.targets is not None:

@@ -99,14 +99,18 @@ def write_split_file(assignment: dict[str, str], path: str | os.PathLike[str]) -
 
 
 def read_utkface(folder: str | os.PathLike[str], split: str | None = None,
-                 split_file: str | os.PathLike[str] = SPLIT_FILE) -> UTKFaceSet:
-    """The faces of one split (or all); faces the split list does not name are skipped and counted too."""
+                 split_file: str | os.PathLike[str] | None = None) -> UTKFaceSet:
+    """The faces of one split (or all); faces the split list does not name are skipped and counted too.
+
+    The list is ``split_file`` when given, else a ``split.csv`` inside the folder (another copy of the set,
+    another split), else the committed one."""
     if split is not None and split not in SPLITS:
         raise DatasetError(f"unknown UTKFace split {split!r}; expected one of {', '.join(SPLITS)}")
     found = list_faces(folder)
     if split is None:
         return found
-    assignment = read_split_file(split_file)
+    own = Path(folder) / "split.csv"
+    assignment = read_split_file(split_file or (own if own.is_file() else SPLIT_FILE))
     unlisted = [f.path.name for f in found.faces if f.path.name not in assignment]
     faces = [f for f in found.faces if assignment.get(f.path.name) == split]
     return UTKFaceSet(faces, found.skipped + unlisted)

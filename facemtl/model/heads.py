@@ -93,6 +93,12 @@ class LandmarkHead(nn.Module):
         return self.template + self.fc(x).view(-1, 5, 2)
 
 
+def expected_age(logits: torch.Tensor) -> torch.Tensor:
+    """Age in years from the age head's logits over whole years 0..K-1: the distribution's expected value."""
+    years = torch.arange(logits.shape[-1], dtype=torch.float32, device=logits.device)
+    return torch.softmax(logits.float(), dim=-1) @ years
+
+
 class LinearHead(nn.Module):
     """Logits for a fixed set of outputs (the 40 attributes, or the 5 head-pose classes)."""
 

@@ -19,14 +19,14 @@ from ..align import template
 from ..data.celeba import CELEBA_ATTRIBUTES
 from ..errors import ConfigError, WeightsError
 from ..serialization import load_file, save_file
-from ..types import POSE_NAMES
+from ..types import AGE_MAX, POSE_NAMES
 from .heads import EmbeddingHead, IdentityHead, LandmarkHead, LinearHead
-from .sharing import TASKS, Sharing, build_sharing
+from .sharing import DEFAULT_TASKS, TASKS, Sharing, build_sharing
 
 MODEL_FORMAT = "facemtl-model"
 MODEL_VERSION = 1
 TASK_OUTPUT = {"identity": "identity", "verification": "embedding", "landmarks": "landmarks",
-               "attributes": "attributes", "pose": "pose"}
+               "attributes": "attributes", "pose": "pose", "age": "age"}
 """Which output of the network each task's loss reads."""
 
 
@@ -47,7 +47,7 @@ class ModelConfig:
     dropout: float = 0.0
     sharing: str = "hard"
     sharing_options: dict[str, Any] = field(default_factory=dict)
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     attribute_names: tuple[str, ...] = CELEBA_ATTRIBUTES
     pose_names: tuple[str, ...] = POSE_NAMES
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -111,6 +111,8 @@ class MultiTaskNet(nn.Module):
             heads["attributes"] = LinearHead(dim, len(config.attribute_names))
         if "pose" in config.tasks:
             heads["pose"] = LinearHead(dim, len(config.pose_names))
+        if "age" in config.tasks:
+            heads["age"] = LinearHead(dim, AGE_MAX + 1)
         self.heads = nn.ModuleDict(heads)
         self.head_group = {name: self.sharing.group_of[task] for task, name in TASK_OUTPUT.items()
                            if name in heads}

@@ -24,7 +24,9 @@ from ..losses import difference_loss
 from .backbones import Trunk, create_trunk
 from .heads import Neck
 
-TASKS: tuple[str, ...] = ("identity", "verification", "landmarks", "attributes", "pose")
+TASKS: tuple[str, ...] = ("identity", "verification", "landmarks", "attributes", "pose", "age")
+DEFAULT_TASKS: tuple[str, ...] = TASKS[:5]
+"""The tasks a model config has unless it lists its own (age needs UTKFace's labels)."""
 
 _DESIGNS: dict[str, Callable[..., "Sharing"]] = {}
 
@@ -122,7 +124,7 @@ def _require_tasks(tasks: Sequence[str], design: str) -> None:
 
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "geometry": ("landmarks", "pose"),
-    "identity": ("identity", "verification", "attributes"),
+    "identity": ("identity", "verification", "attributes", "age"),
 }
 """Task groups of ``cross_stitch`` and ``shared_private``: where a face is vs who it is."""
 
@@ -159,7 +161,7 @@ class HierarchicalSharing(Sharing):
     """One trunk; each task reads one block through a neck (tasks reading the same block share it).
 
     ``read_blocks`` maps task -> block index (negative counts from the end) and overrides the default
-    ``landmarks, pose -> n-3; attributes -> n-2; identity, verification -> n-1`` for ``n`` blocks, so
+    ``landmarks, pose -> n-3; attributes, age -> n-2; identity, verification -> n-1`` for ``n`` blocks, so
     geometry reads finer, less invariant maps than identity. Groups are named ``block<i>``. Blocks deeper
     than any task reads are not built (they would get no gradient). Shared parameters: the blocks up to the
     lowest block read, which every task's gradient passes through.
@@ -171,7 +173,7 @@ class HierarchicalSharing(Sharing):
         _require_tasks(tasks, "hierarchical")
         self.trunk = create_trunk(trunk, width)
         n = len(self.trunk.blocks)
-        chosen = {t: max(0, b) for t, b in {"landmarks": n - 3, "pose": n - 3, "attributes": n - 2,
+        chosen = {t: max(0, b) for t, b in {"landmarks": n - 3, "pose": n - 3, "attributes": n - 2, "age": n - 2,
                                                "identity": n - 1, "verification": n - 1}.items()}
         if not isinstance(read_blocks or {}, Mapping):
             raise ConfigError(f"read_blocks must map task -> block index, got {read_blocks!r}")

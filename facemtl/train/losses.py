@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import (attribute_loss, contrastive_loss, distill_loss, landmark_loss, margin_logits,
+from ..losses import (age_loss, attribute_loss, contrastive_loss, distill_loss, landmark_loss, margin_logits,
                       masked_cross_entropy)
 from ..model.multitask import ModelConfig
 
@@ -44,6 +44,8 @@ def task_losses(out: dict[str, torch.Tensor], tg: dict[str, torch.Tensor], confi
         losses["attributes"] = attribute_loss(out["attributes"], tg["attributes"], tg["attr_mask"])
     if "pose" in out and bool(tg["pose_mask"].any()):
         losses["pose"] = masked_cross_entropy(out["pose"], tg["pose"], tg["pose_mask"])
+    if "age" in out and "age_mask" in tg and bool(tg["age_mask"].any()):
+        losses["age"] = age_loss(out["age"], tg["age"], tg["age_mask"])
     if "embedding" in out and "distill_mask" in tg and bool(tg["distill_mask"].any()):
         losses["distill"] = distill_loss(out["embedding"], tg["distill"], tg["distill_mask"])
     return losses

@@ -59,13 +59,15 @@ class TrainingError(FacemtlError):
 
 
 def table_specs(cfg: RunConfig) -> dict[str, TableSpec | None]:
-    """The crop tables a run trains ("train") and validates ("val", CelebA val; None without CelebA) on."""
+    """The crop tables a run trains ("train") and validates on ("val": CelebA val, None without CelebA; "age":
+    UTKFace val, None without UTKFace)."""
     d, m = cfg.data, cfg.model
     root = d.root or str(data_root())
     return {"train": TableSpec(root, "train" if d.celeba else None, "train" if d.wild else None,
                                "training" if d.mtfl else None, m.input_size, d.padding, d.limit,
                                "train" if d.utkface else None),
-            "val": TableSpec(root, "val", None, None, m.input_size, d.padding, d.limit) if d.celeba else None}
+            "val": TableSpec(root, "val", None, None, m.input_size, d.padding, d.limit) if d.celeba else None,
+            "age": TableSpec(root, None, None, None, m.input_size, d.padding, d.limit, "val") if d.utkface else None}
 
 
 def sample_seed(seed: int, epoch: int, step: int, slot: int) -> int:
@@ -174,6 +176,9 @@ class Trainer:
             vset = ValidationSet(MultiTaskDataset(val, m.input_size, None), np.arange(len(val)))
             self.val_sets["verification"] = vset
             self.val_sets["attributes"] = vset
+        if tables["age"] is not None:
+            self.val_sets["age"] = ValidationSet(MultiTaskDataset(tables["age"], m.input_size, None),
+                                                 np.arange(len(tables["age"])))
 
     def _setup_model(self) -> None:
         cfg = self.cfg

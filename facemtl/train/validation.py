@@ -4,7 +4,8 @@
 - verification: 10-fold accuracy on same/different pairs of unseen people (CelebA's val identities);
 - landmarks: inter-ocular NME on held-out MTFL faces, crops jittered as a detector would misplace them;
 - attributes: mean accuracy over the labelled attributes (CelebA val);
-- pose: accuracy on held-out MTFL faces.
+- pose: accuracy on held-out MTFL faces;
+- age: mean absolute error in years on UTKFace's val split.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from ..data.mixed import MultiTaskDataset, collate
 from ..evaluate.attributes import attribute_accuracy
 from ..evaluate.landmarks import landmark_errors
 from ..evaluate.verification import cosine_scores, make_identity_pairs, verification_accuracy
+from ..model.heads import expected_age
 from ..model.multitask import MultiTaskNet
 from .losses import task_losses
 
 METRIC_OF_TASK = {"identity": "identity_top1", "verification": "verification_acc", "landmarks": "landmarks_nme",
-                  "attributes": "attributes_acc", "pose": "pose_acc"}
-LOWER_IS_BETTER = {"landmarks_nme"}
+                  "attributes": "attributes_acc", "pose": "pose_acc", "age": "age_mae"}
+LOWER_IS_BETTER = {"landmarks_nme", "age_mae"}
 
 
 @dataclass
@@ -93,6 +95,11 @@ def validate(model: MultiTaskNet, sets: dict[str, ValidationSet], device: torch.
         if "pose" in tasks:
             metrics["pose_acc"] = float((out["pose"].argmax(1) == tg["pose"]).mean())
             losses["pose"] = ls["pose"]
+    if "age" in tasks and "age" in sets:
+        out, tg, ls = predict(model, sets["age"], device, margin=margin)
+        years = expected_age(torch.from_numpy(out["age"])).numpy()
+        metrics["age_mae"] = float(np.abs(years - tg["age"])[tg["age_mask"]].mean())
+        losses["age"] = ls["age"]
     model.train(was_training)
     return metrics, losses
 
