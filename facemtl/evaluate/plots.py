@@ -189,3 +189,29 @@ def plot_image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path:
         ax.set_title(caption, fontsize=6)
     fig.suptitle(title, fontsize=8)
     return _save(fig, path)
+
+
+def plot_age_groups(bins: ArrayLike, mae: ArrayLike, band_names: Sequence[str], band_gender_accuracy: ArrayLike,
+                    path: str | Path, title: str = "") -> Path:
+    """Two panels: mean absolute age error by true age (bins), and gender accuracy by age band."""
+    bins, mae = np.asarray(bins, float), np.asarray(mae, float)
+    acc = np.asarray(band_gender_accuracy, float)
+    if len(bins) != len(mae) or len(band_names) != len(acc):
+        raise InvalidInputError("plot_age_groups: each series needs one value per bin / band")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if len(bins):
+        left.plot(bins + (bins[1] - bins[0] if len(bins) > 1 else 1) / 2, mae, marker="o")
+    else:
+        left.text(0.5, 0.5, "the model has no age output", ha="center", va="center", transform=left.transAxes)
+    left.set_xlabel("true age (years)")
+    left.set_ylabel("mean absolute error (years)")
+    left.grid(alpha=0.3)
+    right.bar(list(band_names), 100 * acc, color="tab:orange")
+    right.set_ylim(0, 100)
+    right.set_xlabel("age band")
+    right.set_ylabel("gender accuracy (%)")
+    for k, v in enumerate(acc):
+        if np.isfinite(v):
+            right.text(k, 100 * v + 1, f"{100 * v:.1f}", ha="center", fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -5,7 +5,9 @@
 - celeba_wild test: the same verification protocol on whole photos; a photo where no face is found makes
   every pair it is in a wrong answer;
 - MTFL test (2,995 AFLW faces): landmark error normalised by the inter-ocular distance, failure rate
-  (> 10%), CED, and gender / smile / glasses accuracy.
+  (> 10%), CED, and gender / smile / glasses accuracy;
+- UTKFace test (2,371 faces of its committed split, where the set is staged): age MAE and gender accuracy,
+  overall and per age band, gender and race group (race measures only; it is never predicted).
 
 Faces are found by the detector (cached per dataset, since the detector does not change between models);
 each photo's annotated face is the largest one (for MTFL: the detection holding the annotated face). Where
@@ -29,16 +31,18 @@ from ..data.celeba import read_celeba
 from ..data.folders import read_person_folders
 from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir, largest
 from ..data.mtfl import MTFL_ATTRIBUTES, read_mtfl
+from ..data.utkface import UTKFACE_RACES, read_utkface
 from ..errors import DatasetError
 from ..io import load_image
 from ..types import POSE_NAMES
 from . import plots
 from .attributes import attribute_accuracy
+from .groups import error_by_age, group_table
 from .landmarks import landmark_errors, landmark_metrics, landmark_point_errors
 from .verification import (cosine_scores, make_identity_pairs, roc, verification_accuracy,
                            verification_accuracy_with_failures)
 
-PARTS = ("celeba", "wild", "mtfl")
+PARTS = ("celeba", "wild", "mtfl", "utkface")
 MTFL_LABELS = {"gender": "male", "smile": "smiling", "glasses": "eyeglasses"}
 """MTFL's attributes by name: the reader's field (1 = male / smiling / glasses); ``MTFL_ATTRIBUTES`` names the
 CelebA attribute that predicts each."""
@@ -210,6 +214,28 @@ def evaluate_mtfl(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | 
     return result
 
 
+def evaluate_utkface(analyzer: FaceAnalyzer, root: Path, cache: Path, limit: int | None = None) -> dict[str, Any]:
+    """Age and gender on UTKFace's test split, overall and per group; skipped (and said so) where the set is
+    not staged under the data root."""
+    folder = root / "UTKFace"
+    if not folder.is_dir():
+        return {"skipped": f"UTKFace not staged at {folder}"}
+    faces = read_utkface(folder, "test").faces[:limit]
+    paths = [f.path for f in faces]
+    found = cached_detections(paths, cache / "eval-utkface-test.json", analyzer.detector)
+    chosen = [None if found[p] is None else largest(found[p]) for p in paths]
+    out, _, missing = _faces_to_crops(analyzer, paths, chosen, _mean_relative(paths, chosen))
+    names = list(analyzer.model.config.attribute_names)
+    male = None if out.attributes is None else out.attributes[:, names.index("Male")]
+    ages = np.array([f.age for f in faces])
+    result: dict[str, Any] = {"faces": len(faces), "detector_misses": int(missing.sum()),
+                              "groups": group_table(ages, np.array([f.male for f in faces]),
+                                                    np.array([f.race for f in faces]), UTKFACE_RACES, out.age, male)}
+    if out.age is not None:
+        result["_age_curve"] = error_by_age(ages, out.age)[:2]
+    return result
+
+
 def _accuracy_by_pose(probs: np.ndarray, truth: np.ndarray, pose: np.ndarray) -> dict[str, dict[str, float]]:
     """Accuracy of each MTFL attribute within each head-pose class (the annotated pose), with the face count."""
     by_pose = {}
@@ -255,7 +281,7 @@ def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = 
     """
     cache = default_cache_dir(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl}
+    runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl, "utkface": evaluate_utkface}
     results: dict[str, Any] = {"model": analyzer.model_id, "flip_averaging": analyzer.flip,
                                "refine_passes": analyzer.refine}
     for part in parts:
@@ -316,6 +342,12 @@ def _write(results: dict[str, Any], out: Path, names: list[str]) -> None:
             plots.plot_image_grid([t for t, _ in thumbs], [c for _, c in thumbs], out / f"mtfl_{label}_errors.png",
                                   title=f"MTFL test: the most confident wrong {label} answers (label 1 = "
                                         f"{MTFL_LABELS[label]})")
+    utk = results.get("utkface", {})
+    if "_age_curve" in utk or "gender_accuracy" in utk.get("groups", {}).get("all", {}):
+        bands = utk["groups"]["age_band"]
+        plots.plot_age_groups(*(utk["_age_curve"] if "_age_curve" in utk else ([], [])), list(bands),
+                              [bands[b].get("gender_accuracy", float("nan")) for b in bands], out / "utkface_groups.png",
+                              title="UTKFace test: age error by true age (left), gender accuracy by age band (right)")
     if "celeba" in results and "_attr_acc" in results["celeba"]:
         plots.plot_attribute_bars(names, {"facemtl": results["celeba"]["_attr_acc"]}, out / "attributes.png",
                                   title="CelebA test: accuracy per attribute")
@@ -338,6 +370,11 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     if "verification" in c:
         h["celeba_verif_%"] = 100.0 * c["verification"]["accuracy"]
         h["celeba_tar@far1e-2_%"] = 100.0 * c["verification"]["tar_at_far_1e-2"]
+    utk = results.get("utkface", {}).get("groups", {}).get("all", {})
+    if "age_mae" in utk:
+        h["utkface_age_mae_years"] = utk["age_mae"]
+    if "gender_accuracy" in utk:
+        h["utkface_gender_%"] = 100.0 * utk["gender_accuracy"]
     if "verification_accuracy" in results.get("wild", {}):
         h["wild_verif_%"] = 100.0 * results["wild"]["verification_accuracy"]
         h["wild_tar@far1e-2_%"] = 100.0 * results["wild"]["verification_scored_pairs"]["tar_at_far_1e-2"]
