@@ -17,6 +17,16 @@ LANDMARK_NAMES: tuple[str, ...] = ("eye_left", "eye_right", "nose", "mouth_left"
 FLIP_PERMUTATION: tuple[int, ...] = (1, 0, 2, 4, 3)
 """Index permutation that restores the image-left-first order after a horizontal flip."""
 
+CELEBA_ATTRIBUTES: tuple[str, ...] = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
+    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
+    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
+    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+"""CelebA's 40 attribute names in CelebA's order: the attribute head's outputs."""
+
 POSE_NAMES: tuple[str, ...] = ("left_profile", "left", "frontal", "right", "right_profile")
 """MTFL's five head-pose classes, in MTFL's order (labels 1..5)."""
 

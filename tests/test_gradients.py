@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from facemtl.gradients import flat_task_grads, gradient_cosines, pcgrad, pcgrad_backward
+from facemtl.train.gradients import flat_task_grads, gradient_cosines, pcgrad, pcgrad_backward
 
 
 def test_pcgrad_two_conflicting_gradients_by_hand():

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from facemtl.errors import InvalidInputError
-from facemtl.losses import (
+from facemtl.model.sharing import difference_loss
+from facemtl.train.losses import (
     age_loss,
     distill_loss,
     attribute_loss,
     contrastive_loss,
-    difference_loss,
     landmark_loss,
     margin_logits,
     masked_cross_entropy,

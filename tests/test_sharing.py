@@ -11,11 +11,11 @@ from torch import nn
 
 from facemtl.device import torch_threads
 from facemtl.errors import ConfigError
-from facemtl.gradients import pcgrad_backward
-from facemtl.losses import difference_loss, landmark_loss, masked_cross_entropy
+from facemtl.train.gradients import pcgrad_backward
+from facemtl.train.losses import landmark_loss, masked_cross_entropy
 from facemtl.model.heads import Neck
 from facemtl.model.multitask import ModelConfig, MultiTaskNet, load_model
-from facemtl.model.sharing import TASKS, CrossStitchUnit, list_sharing, task_groups
+from facemtl.model.sharing import TASKS, CrossStitchUnit, difference_loss, list_sharing, task_groups
 
 DESIGNS = list_sharing()
 TRUNKS = [("deepid2", 64), ("resnet", 112)]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from facemtl.errors import ConfigError, InvalidInputError
-from facemtl.weighting import (
+from facemtl.train.weighting import (
     DynamicWeightAverage,
     GradNorm,
     StaticWeighting,

@@ -16,10 +16,9 @@ from torch import nn
 
 from .. import __version__
 from ..align import template
-from ..data.celeba import CELEBA_ATTRIBUTES
 from ..errors import ConfigError, WeightsError
 from ..serialization import load_file, save_file
-from ..types import AGE_MAX, POSE_NAMES
+from ..types import AGE_MAX, CELEBA_ATTRIBUTES, POSE_NAMES
 from .heads import EmbeddingHead, IdentityHead, LandmarkHead, LinearHead
 from .sharing import DEFAULT_TASKS, TASKS, Sharing, build_sharing
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..losses import difference_loss
+from ..errors import ConfigError, InvalidInputError
 from .backbones import Trunk, create_trunk
 from .heads import Neck
 
@@ -301,6 +301,27 @@ class CrossStitchSharing(Sharing):
         return [unit.alpha for unit in self.units[-1:] if unit.alpha.requires_grad]
 
 
+def difference_loss(shared: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+    """Soft orthogonality ("difference") loss between shared and private features (Bousmalis et al., 2016).
+
+    Each row (sample) of ``shared (N, D1)`` and ``private (N, D2)`` is L2-normalised (no centring; an
+    all-zero row stays zero), then ``loss = ||S_hat^T P_hat||_F^2 / N^2``. ``S_hat^T P_hat`` is the
+    ``(D1, D2)`` batch cross-correlation of the features, so the loss is zero exactly when every shared
+    feature column is orthogonal, over the batch, to every private feature column.
+    """
+    if shared.dim() != 2 or private.dim() != 2 or shared.shape[0] != private.shape[0]:
+        raise InvalidInputError(
+            f"shared (N,D1) and private (N,D2) expected, got {tuple(shared.shape)}, {tuple(private.shape)}"
+        )
+    n = shared.shape[0]
+    if n == 0:
+        return shared.float().sum() * 0.0 + private.float().sum() * 0.0
+    s = F.normalize(shared.float(), dim=1)
+    p = F.normalize(private.float(), dim=1)
+    corr = s.t() @ p
+    return (corr * corr).sum() / float(n * n)
+
+
 @register_sharing("shared_private")
 class SharedPrivateSharing(Sharing):
     """A shared trunk plus a small private trunk per task group (Bousmalis et al., 2016).
@@ -310,7 +331,7 @@ class SharedPrivateSharing(Sharing):
     maps and its private trunk's last ``neck_blocks`` maps. ``groups`` as in ``cross_stitch``.
 
     ``extra_losses()`` returns ``{"difference": ...}``, the mean over groups of
-    :func:`facemtl.losses.difference_loss` between the globally average-pooled last maps of the shared and
+    :func:`difference_loss` between the globally average-pooled last maps of the shared and
     the private trunk, ``(N, C_shared)`` and ``(N, C_private)``, from the last forward, each centred on its
     batch mean first. Pooling keeps the cross-correlation small (channels, not channels x positions) and
     asks the two trunks for different channels rather than different positions. Centring is needed because

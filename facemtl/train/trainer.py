@@ -35,11 +35,11 @@ from ..data.pairs import MultiTaskBatchSampler
 from ..data.transforms import AugmentConfig
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, FacemtlError, WeightsError
-from ..gradients import flat_task_grads, gradient_cosines, pcgrad_backward
+from .gradients import flat_task_grads, gradient_cosines, pcgrad_backward
 from ..model.multitask import MultiTaskNet
 from ..model.transfer import Transfer, init_from
 from ..serialization import atomic_write_bytes, load_file, save_file
-from ..weighting import TaskEarlyStopping, build_weighting
+from .weighting import TaskEarlyStopping, build_weighting
 from .config import RunConfig
 from .losses import task_losses
 from .teacher import training_targets

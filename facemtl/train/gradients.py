@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = ["pcgrad", "flat_task_grads", "pcgrad_backward", "gradient_cosines"]
 

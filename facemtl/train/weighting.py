@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, InvalidInputError
+from ..errors import ConfigError, InvalidInputError
 
 __all__ = [
     "TaskWeighting",
