@@ -26,7 +26,7 @@ _EXPORTS = {
     "ModelConfig": "facemtl.model.multitask",
     "Face": "facemtl.types",
     "Detection": "facemtl.types",
-    "Gallery": "facemtl.gallery",
+    "Gallery": "facemtl.gallery.store",
     "errors": "facemtl.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from facemtl import gallery as gallery_module
+from facemtl.gallery import search as gallery_search
 from facemtl.errors import GalleryError, InvalidInputError
 from facemtl.gallery import NO_MATCH_SCORE, UNKNOWN, Gallery, GalleryInputError, Identification, Match
 
@@ -354,8 +354,8 @@ def test_faiss_path_gives_the_numpy_results(tmp_path: Path, monkeypatch: pytest.
             made.append(_FakeIndexFlatIP(dim))
             return made[-1]
 
-        monkeypatch.setattr(gallery_module, "_import_faiss", lambda: SimpleNamespace(IndexFlatIP=make))
-        monkeypatch.setattr(gallery_module, "faiss_min_rows", 0)
+        monkeypatch.setattr(gallery_search, "import_faiss", lambda: SimpleNamespace(IndexFlatIP=make))
+        monkeypatch.setattr(gallery_search, "faiss_min_rows", 0)
         assert g.identify(queries, top_k=20, threshold=0.3) == expected
         assert len(made) == 1 and made[0].searched_k[0] < made[0].searched_k[-1]  # k had to grow for the crowd
         assert g.identify(queries, top_k=20, threshold=0.3) == expected
@@ -367,7 +367,7 @@ def test_real_faiss_gives_the_numpy_results(tmp_path: Path, monkeypatch: pytest.
     g, queries = _crowded_gallery(tmp_path / "faces.db")
     with g:
         expected = g.identify(queries, top_k=20)
-        monkeypatch.setattr(gallery_module, "faiss_min_rows", 0)
+        monkeypatch.setattr(gallery_search, "faiss_min_rows", 0)
         assert g.identify(queries, top_k=20) == expected
 
 

@@ -1,4 +1,4 @@
-"""The enrolled-faces database: embeddings of named people in one SQLite file, searched by exact cosine similarity.
+"""The enrolled-faces database: embeddings of named people in one SQLite file (searched by ``search``).
 
 One gallery file holds embeddings of exactly one model (``meta.model_version``) and one dimension; opening it
 with another model is refused, because cosine scores between two models' embeddings mean nothing.
@@ -22,29 +22,23 @@ import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from facemtl.errors import GalleryError, InvalidInputError
+from ..errors import GalleryError, InvalidInputError
+from .search import Identification, Index, find
 
-__all__ = [
-    "SCHEMA_VERSION", "UNKNOWN", "NO_MATCH_SCORE", "faiss_min_rows",
-    "Gallery", "GalleryInputError", "Identification", "Match",
-]
+__all__ = ["SCHEMA_VERSION", "UNKNOWN", "NO_MATCH_SCORE", "Gallery", "GalleryInputError", "Identification"]
 
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"  # the name of a query below the threshold; refused as a person's name
 NO_MATCH_SCORE = -1.0  # Identification.score when the gallery is empty: the lowest cosine there is
-faiss_min_rows = 50_000  # above this many rows, use faiss.IndexFlatIP (when importable) to find candidates
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _APPLICATION_ID = 0x464D544C  # "FMTL" in the SQLite header: marks the file as a facemtl gallery
-_MAX_SCORES = 1 << 24  # floats in one query-chunk x gallery score matrix (64 MiB)
 _SCHEMA = (
     "CREATE TABLE meta (schema_version INTEGER NOT NULL, model_version TEXT NOT NULL, dim INTEGER NOT NULL,"
     " created TEXT NOT NULL)",
@@ -56,47 +50,6 @@ _SCHEMA = (
 
 class GalleryInputError(GalleryError, InvalidInputError):
     """An argument to a :class:`Gallery` method is invalid (shape, dtype, non-finite or zero values, name...)."""
-
-
-@dataclass(frozen=True)
-class Match:
-    """One enrolled person's best-matching embedding for a query."""
-
-    name: str
-    score: float  # cosine similarity in [-1, 1]
-    source: str  # the file (or label) that embedding was enrolled from
-
-
-@dataclass(frozen=True)
-class Identification:
-    """The answer for one query embedding: the best person, or ``"unknown"`` below the threshold."""
-
-    name: str  # matches[0].name if its score >= threshold, else UNKNOWN
-    score: float  # matches[0].score, or NO_MATCH_SCORE when the gallery is empty
-    matches: list[Match]  # up to top_k people, best first (kept when the name is "unknown")
-
-
-@dataclass
-class _Index:
-    """The whole gallery in memory: unit rows grouped by person (rows of a person are contiguous)."""
-
-    key: tuple[int, int]
-    matrix: np.ndarray  # (N, dim) float32, C-contiguous
-    sources: list[str]  # (N,)
-    names: list[str]  # (P,) distinct names, sorted
-    starts: np.ndarray  # (P,) first row of each person
-    ends: np.ndarray  # (P,) one past the last row of each person
-    person_of_row: np.ndarray  # (N,) person index of each row
-    faiss_index: Any = field(default=None)
-
-
-def _import_faiss() -> ModuleType | None:
-    """The faiss module, or None when it is not installed (it is an optional extra: ``facemtl[faiss]``)."""
-    try:
-        import faiss  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return faiss
 
 
 def _now() -> str:
@@ -165,22 +118,6 @@ def _check_threshold(threshold: object) -> float:
     return float(threshold)
 
 
-def _clip(score: float) -> float:
-    return min(1.0, max(-1.0, float(score)))
-
-
-def _rank(best: np.ndarray, top_k: int) -> np.ndarray:
-    """Indices of the ``top_k`` largest entries of ``best``, best first; ties go to the smaller index."""
-    n = best.shape[0]
-    if n > 4 * top_k:
-        kth = np.partition(best, n - top_k)[n - top_k]
-        cand = np.flatnonzero(best >= kth)  # every entry that can be in the top k, ties included
-    else:
-        cand = np.arange(n)
-    order = np.lexsort((cand, -best[cand]))
-    return cand[order[:top_k]]
-
-
 class Gallery:
     """Named face embeddings of one model in a SQLite file; enroll, identify, list and remove people.
 
@@ -212,7 +149,7 @@ class Gallery:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < math.inf:
             raise GalleryInputError(f"timeout must be a non-negative number of seconds; got {timeout!r}")
         self.timeout = float(timeout)
-        self._index: _Index | None = None
+        self._index: Index | None = None
         self._writes = 0  # our own commits: PRAGMA data_version only counts other connections' commits
 
         self._conn = self._connect(model_version, dim, create)
@@ -440,13 +377,8 @@ class Gallery:
         index = self._load()
         if not len(index.names):
             return [Identification(UNKNOWN, NO_MATCH_SCORE, []) for _ in range(len(queries))]
-        top_k = min(top_k, len(index.names))
-        faiss = _import_faiss() if len(index.sources) > faiss_min_rows else None
-        candidates = self._candidates_faiss(faiss, index, queries, top_k) if faiss else \
-            self._candidates_numpy(index, queries, top_k)
         results = []
-        for query, persons in zip(queries, candidates):
-            matches = self._score(index, query, persons, top_k)
+        for matches in find(index, queries, min(top_k, len(index.names))):
             best = matches[0]
             results.append(Identification(best.name if best.score >= threshold else UNKNOWN, best.score, matches))
         return results
@@ -489,7 +421,7 @@ class Gallery:
 
     # ---------------------------------------------------------------- search
 
-    def _load(self) -> _Index:
+    def _load(self) -> Index:
         """The in-memory index, reloaded only when this or another connection has committed since."""
         conn = self._require_open()
         with self._sql_errors("loading the gallery"):
@@ -511,7 +443,7 @@ class Gallery:
         names = [r[1] for r in rows]
         starts = np.array([i for i in range(n) if i == 0 or names[i] != names[i - 1]], dtype=np.int64)
         ends = np.append(starts[1:], n).astype(np.int64)
-        self._index = _Index(
+        self._index = Index(
             key=key,
             matrix=matrix,
             sources=[r[2] for r in rows],
@@ -521,56 +453,3 @@ class Gallery:
             person_of_row=np.repeat(np.arange(len(starts)), ends - starts),
         )
         return self._index
-
-    @staticmethod
-    def _candidates_numpy(index: _Index, queries: np.ndarray, top_k: int) -> list[np.ndarray]:
-        """Per query, the top_k people by best score: one matrix product per chunk of queries."""
-        out: list[np.ndarray] = []
-        chunk = max(1, _MAX_SCORES // len(index.sources))
-        for lo in range(0, len(queries), chunk):
-            scores = queries[lo:lo + chunk] @ index.matrix.T  # (c, N)
-            best = np.maximum.reduceat(scores, index.starts, axis=1)  # (c, P): each person's best row
-            out.extend(_rank(row, top_k) for row in best)
-        return out
-
-    @staticmethod
-    def _candidates_faiss(faiss: ModuleType, index: _Index, queries: np.ndarray, top_k: int) -> list[np.ndarray]:
-        """Per query, a superset of the top_k people from an exact inner-product search of the nearest rows.
-
-        The k nearest rows are searched with k growing until they cover top_k distinct people: the first top_k
-        distinct people among rows sorted by score are exactly the top_k people by best score.
-        """
-        if index.faiss_index is None:
-            index.faiss_index = faiss.IndexFlatIP(index.matrix.shape[1])
-            index.faiss_index.add(index.matrix)
-        n = len(index.sources)
-        out: list[np.ndarray | None] = [None] * len(queries)
-        pending = np.arange(len(queries))
-        k = min(n, max(64, 8 * top_k))
-        while pending.size:
-            _, rows = index.faiss_index.search(np.ascontiguousarray(queries[pending]), k)
-            still = []
-            for qi, found in zip(pending, rows):
-                persons = np.unique(index.person_of_row[found[found >= 0]])
-                if persons.size >= top_k or k == n:
-                    out[qi] = persons
-                else:
-                    still.append(qi)
-            pending = np.array(still, dtype=np.int64)
-            k = min(n, 2 * k)
-        return [p for p in out if p is not None]
-
-    @staticmethod
-    def _score(index: _Index, query: np.ndarray, persons: np.ndarray, top_k: int) -> list[Match]:
-        """Score the candidate people exactly (same arithmetic on every search path) and keep the top_k."""
-        best = np.empty(len(persons), np.float32)
-        where = np.empty(len(persons), np.int64)
-        for j, p in enumerate(persons):
-            start, end = index.starts[p], index.ends[p]
-            seg = index.matrix[start:end] @ query
-            arg = int(np.argmax(seg))
-            best[j], where[j] = seg[arg], start + arg
-        order = np.lexsort((persons, -best))[:top_k]  # best first; ties by name
-        return [
-            Match(index.names[persons[j]], _clip(best[j]), index.sources[where[j]]) for j in order
-        ]
