@@ -173,3 +173,44 @@ def test_dlib_teacher_tells_people_apart(data_dir: Path) -> None:
     assert min(same) > max(different)
     assert all(float(d[i, 0] @ d[i, 1]) > 0.9 for i in range(4))          # a face and its mirror: one person
     assert torch.tensor(d).isfinite().all()
+
+
+SLOW_RUN = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from facemtl.data.mixed import TableSpec, build_table
+from facemtl.train.teacher import compute_targets
+sys.path.insert(0, {tests!r})
+from test_teacher import FakeTeacher
+
+class Slow(FakeTeacher):
+    def __call__(self, faces):
+        time.sleep(0.3)
+        return super().__call__(faces)
+
+table = build_table(TableSpec({root!r}, None, None, "training", limit=400), Path({cache!r}), progress=False)
+print("started", flush=True)
+compute_targets(table, Path({out!r}), Path({root!r}), teacher=Slow, progress=False)
+"""
+
+
+def test_a_terminated_run_saves_what_it_had(tmp_path: Path, data_dir: Path) -> None:
+    """SIGTERM (and SIGINT, even where a background launch ignores it) ends a run with its targets saved."""
+    import signal
+    import time
+    out = tmp_path / "t.npz"
+    code = SLOW_RUN.format(tests=str(Path(__file__).parent), root=str(data_dir), cache=str(tmp_path), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    deadline = time.time() + 120
+    while not out.exists():                                               # the first periodic save
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "stopped by signal" in err
+    with np.load(out) as z:
+        done = z["done"]
+    assert 8 * 32 <= done.sum() < 400                                     # more than the periodic save, not all

@@ -17,6 +17,7 @@ import importlib.util
 import io
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -106,6 +107,7 @@ _worker_teacher: Describe | None = None
 
 def _init_worker(factory: Callable[[], Describe]) -> None:
     global _worker_teacher
+    signal.signal(signal.SIGINT, signal.SIG_IGN)          # the parent stops the pool; workers just end
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _worker_teacher = factory()
 
@@ -177,6 +179,8 @@ def compute_targets(table: FaceTable, path: Path, root: Path, workers: int = 1,
     todo = np.flatnonzero(~done)
     bar = tqdm(total=len(table), initial=len(table) - len(todo), desc="teacher targets", unit="face",
                disable=not progress, dynamic_ncols=True)
+    stop_on_term = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM and SIGINT both end the run with a save,
+    stop_on_int = signal.signal(signal.SIGINT, _interrupt)     # also where a background launch ignored SIGINT
     pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (teacher,)) if workers > 1 else None
     if pool is None:
         _init_worker(teacher)
@@ -189,11 +193,17 @@ def compute_targets(table: FaceTable, path: Path, root: Path, workers: int = 1,
             if k % SAVE_EVERY == 0:
                 _save(path, targets, done, table.files)
     finally:
+        signal.signal(signal.SIGTERM, stop_on_term)
+        signal.signal(signal.SIGINT, stop_on_int)
         if pool:
             pool.terminate()
         bar.close()
         _save(path, targets, done, table.files)
     return targets, done
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def target_table(targets: np.ndarray, done: np.ndarray) -> np.ndarray:
