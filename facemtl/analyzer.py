@@ -25,7 +25,7 @@ from .device import resolve_device
 from .errors import InvalidInputError
 from .model.heads import expected_age
 from .model.multitask import MultiTaskNet, load_model
-from .types import FLIP_PERMUTATION, Detection, Face
+from .types import DEFAULT_MIN_FACE, FLIP_PERMUTATION, Detection, Face, largest
 
 log = logging.getLogger("facemtl")
 
@@ -51,7 +51,7 @@ class FaceAnalyzer:
 
     def __init__(self, detector: FaceDetector | str | os.PathLike[str] | None = None,
                  model: MultiTaskNet | str | os.PathLike[str] | None = None, device: str | torch.device = "auto",
-                 flip: bool = True, batch_size: int = 128, min_face: float = 20.0, refine: int = 1) -> None:
+                 flip: bool = True, batch_size: int = 128, min_face: float = DEFAULT_MIN_FACE, refine: int = 1) -> None:
         self.device = resolve_device(device)
         if isinstance(detector, FaceDetector):
             self.detector = detector
@@ -180,8 +180,7 @@ class FaceAnalyzer:
             if not faces:
                 out.append(None)
                 continue
-            big = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
-            out.append(big.embedding)
+            out.append(largest(faces).embedding)
         return out
 
 

@@ -9,7 +9,7 @@ compared by cosine similarity. Attributes are probabilities keyed by CelebA's 40
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -26,6 +26,9 @@ CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )
 """CelebA's 40 attribute names in CelebA's order: the attribute head's outputs."""
+
+DEFAULT_MIN_FACE = 20.0
+"""The smallest face side (pixels) the detector looks for unless told otherwise."""
 
 POSE_NAMES: tuple[str, ...] = ("left_profile", "left", "frontal", "right", "right_profile")
 """MTFL's five head-pose classes, in MTFL's order (labels 1..5)."""
@@ -46,6 +49,17 @@ def _as_float_array(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     return arr
+
+
+def box_area(box: np.ndarray) -> float:
+    """Area of an ``x1, y1, x2, y2`` box in square pixels."""
+    return float((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def largest(faces: Sequence[Any]) -> Any:
+    """The face (anything with a ``box``) with the largest box, the photo's subject in portrait-style photos;
+    None for no face."""
+    return max(faces, key=lambda f: box_area(f.box)) if faces else None
 
 
 @dataclass(slots=True)

@@ -10,12 +10,8 @@ from ..batch import Failure, collect_files, load_batches, report
 from ..errors import FacemtlError, InvalidInputError
 from ..gallery import Gallery
 from ..io import load_image
-from ..types import Face
+from ..types import largest
 from .common import analyzer_from_args
-
-
-def _largest(faces: list[Face]) -> Face | None:
-    return max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))) if faces else None
 
 
 def _threshold(args: argparse.Namespace, stored: float | None) -> float:
@@ -32,7 +28,7 @@ def run_verify(args: argparse.Namespace) -> int:
     faces = analyzer.analyze([load_image(args.photo_a), load_image(args.photo_b)])
     chosen = []
     for path, found in zip((args.photo_a, args.photo_b), faces):
-        face = _largest(found)
+        face = largest(found)
         if face is None:
             raise InvalidInputError(f"{path}: no face found")
         chosen.append(face)
@@ -52,7 +48,7 @@ def run_enroll(args: argparse.Namespace) -> int:
     for paths, images, bad in load_batches(files, 8, "enroll"):
         failures.extend(bad)
         for path, faces in zip(paths, analyzer.analyze(images) if images else []):
-            face = _largest(faces)
+            face = largest(faces)
             if face is None:
                 failures.append(Failure(str(path), "no face found"))
                 continue

@@ -19,6 +19,7 @@ from ..detect.detector import FaceDetector
 from ..errors import FacemtlError
 from ..io import load_image
 from ..serialization import atomic_write_bytes
+from ..types import largest
 
 CACHE_VERSION = 2
 SAVE_EVERY = 20
@@ -32,15 +33,6 @@ class CachedFace:
     box: np.ndarray
     score: float
     landmarks: np.ndarray
-
-    @property
-    def area(self) -> float:
-        return float((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
-
-
-def largest(faces: Sequence[CachedFace]) -> CachedFace | None:
-    """The face with the largest box: the photo's subject in portrait-style datasets."""
-    return max(faces, key=lambda f: f.area) if faces else None
 
 
 def _file_key(path: Path) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
+from ..types import DEFAULT_MIN_FACE
 from .nets import ONet, PNet, RNet
 
 PNET_CELL = 12
@@ -38,7 +39,7 @@ ONET_NMS = 0.7
 class CascadeConfig:
     """Cascade settings: the defaults are MTCNN's published ones."""
 
-    min_face: float = 20.0
+    min_face: float = DEFAULT_MIN_FACE
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     factor: float = 0.709
     band_pixels: int = 200_000

@@ -13,7 +13,7 @@ from ..allocator import tune_cpu_allocator
 from ..device import resolve_device, torch_threads
 from ..errors import InvalidInputError
 from ..io import load_image
-from ..types import Detection
+from ..types import DEFAULT_MIN_FACE, Detection
 from .cascade import Cascade, CascadeConfig, CascadeOutput
 from .weights import load_detector_nets
 
@@ -43,7 +43,7 @@ class FaceDetector:
     """
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
-                 min_face: float = 20.0, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+                 min_face: float = DEFAULT_MIN_FACE, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                  factor: float = 0.709, edge: str = "clip") -> None:
         self.device = resolve_device(device)
         if self.device.type == "cpu":
@@ -109,7 +109,7 @@ def _to_detections(out: CascadeOutput) -> list[Detection]:
 _default: dict[str, FaceDetector] = {}
 
 
-def detect(images: ImageLike | Sequence[ImageLike], min_face: float = 20.0, device: str | torch.device = "cpu",
+def detect(images: ImageLike | Sequence[ImageLike], min_face: float = DEFAULT_MIN_FACE, device: str | torch.device = "cpu",
            weights: str | os.PathLike[str] | None = None) -> list[list[Detection]]:
     """Detect faces with the shipped MTCNN weights (the detector is built once per device and weights)."""
     key = f"{resolve_device(device)}|{weights}"

@@ -29,12 +29,12 @@ from ..align import align
 from ..analyzer import CropOutputs, FaceAnalyzer, to_photo
 from ..data.celeba import read_celeba
 from ..data.folders import read_person_folders
-from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir, largest
+from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir
 from ..data.mtfl import MTFL_ATTRIBUTES, read_mtfl
 from ..data.utkface import UTKFACE_RACES, read_utkface
 from ..errors import DatasetError
 from ..io import load_image
-from ..types import POSE_NAMES
+from ..types import POSE_NAMES, largest
 from . import plots
 from .attributes import attribute_accuracy
 from .groups import error_by_age, group_table
