@@ -143,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher processes (default: one per CPU core)")
     p.set_defaults(run=_command("teach", "run_teach"))
 
+    p = sub.add_parser("tables", help="carry a config's crop tables (and teacher targets) to a machine without the "
+                                      "photos: pack them here, unpack them there")
+    tables = p.add_subparsers(dest="tables_command", required=True, metavar="pack|unpack")
+    q = tables.add_parser("pack", help="pack the tables a config trains on (WebP crops, exact labels)")
+    q.add_argument("--config", required=True, type=Path)
+    q.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    q.add_argument("--out", required=True, type=Path, help="folder for the archives")
+    q.add_argument("--quality", type=int, default=85, help="WebP quality of the crops (default 85)")
+    q.add_argument("--force", action="store_true", help="replace existing archives")
+    q.set_defaults(run=_command("tables", "run_pack"))
+    q = tables.add_parser("unpack", help="write archives into a cache folder as the tables training will look for")
+    q.add_argument("archives", type=Path, nargs="+")
+    q.add_argument("--root", required=True, help="the data root training will be given (data.root)")
+    q.add_argument("--cache", type=Path, default=None, help="cache folder (default $FACEMTL_CACHE or ~/.cache/facemtl)")
+    q.add_argument("--force", action="store_true", help="replace tables already in the cache")
+    q.set_defaults(run=_command("tables", "run_unpack"))
+
     p = sub.add_parser("ship", help="fit a trained model's embedding projection and calibrate its verification "
                                     "threshold on people never trained on; write the model ready to use")
     p.add_argument("model", type=Path, help="the trained model file (RUN/model.pt)")

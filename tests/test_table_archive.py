@@ -80,7 +80,8 @@ def test_training_runs_from_unpacked_tables_without_the_photos(data_dir: Path, t
     cfg = RunConfig()
     cfg.data = replace(cfg.data, root=str(data_dir), limit=60)
     for name, spec in table_specs(cfg).items():
-        pack_table(build_table(spec, tmp_path / "here", progress=False), spec, tmp_path / f"{name}.npz")
+        if spec is not None:
+            pack_table(build_table(spec, tmp_path / "here", progress=False), spec, tmp_path / f"{name}.npz")
     empty = tmp_path / "no-photos"
     empty.mkdir()
     for name in ("train", "val"):
@@ -96,3 +97,33 @@ def test_training_runs_from_unpacked_tables_without_the_photos(data_dir: Path, t
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").is_file()
     assert not any(empty.iterdir())
+
+
+def test_tables_command_carries_the_teacher_targets(data_dir: Path, tmp_path: Path) -> None:
+    """`facemtl tables pack` here and `unpack` under another root: the teacher's targets arrive as the target
+    file of the unpacked table, so a distillation run there finds them."""
+    from facemtl.cli import main
+    from facemtl.train.config import load_config
+    from facemtl.train.teacher import compute_targets, load_targets, teacher_path
+    from test_teacher import FakeTeacher
+
+    sets = ["data.limit=40", "data.celeba=false", "data.wild=false", f"data.root={data_dir}",
+            f"data.cache_dir={tmp_path / 'here'}"]
+    cfg = load_config(CONFIG, {"data.limit": 40, "data.celeba": False, "data.wild": False, "data.root": str(data_dir),
+                               "data.cache_dir": str(tmp_path / "here")})
+    spec = table_specs(cfg)["train"]
+    table = build_table(spec, tmp_path / "here", progress=False)
+    FakeTeacher.calls, FakeTeacher.fail_after = 0, None
+    want, _ = compute_targets(table, teacher_path(spec, tmp_path / "here"), data_dir, teacher=FakeTeacher,
+                              progress=False)
+    args = ["tables", "pack", "--config", str(CONFIG), "--out", str(tmp_path / "pack")]
+    for item in sets:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert main(args) == 2                                                # refuses to replace without --force
+    archive = next((tmp_path / "pack").glob("train-*.npz"))
+    assert main(["tables", "unpack", str(archive), "--root", "/gpu/box", "--cache", str(tmp_path / "there")]) == 0
+    moved = replace(spec, root="/gpu/box")
+    unpacked = FaceTable.load(tmp_path / "there" / f"table-{moved.key()}.npz")
+    got, done = load_targets(teacher_path(moved, tmp_path / "there"), unpacked)
+    assert done.all() and np.array_equal(got, want)

@@ -38,7 +38,15 @@ LABELS = {
     "celeba_tar@far1e-2_%": "CelebA test identities: TAR at FAR = 1e-2",
     "wild_verif_%": "celeba_wild test, end to end (1,162 photos; 13,925 + 13,925 pairs): verification accuracy",
     "wild_tar@far1e-2_%": "celeba_wild test: TAR at FAR = 1e-2 (pairs with a face in both photos)",
+    "utkface_age_mae_years": "UTKFace test (2,371 faces of the committed split): age, mean absolute error in years",
+    "utkface_gender_%": "UTKFace test: gender accuracy",
 }
+TEACHER_TERMS = (
+    "dlib's ResNet face descriptor (`dlib_face_recognition_resnet_model_v1`, 128-D), released into the public "
+    "domain by its author and run through the `face_recognition_models` package; it was trained on about 3 "
+    "million faces of 7,485 people from FaceScrub, VGG Face and photos of celebrities found on the web, so "
+    "CelebA's celebrities may be among its people and CelebA figures may flatter teacher and student alike "
+    "(celeba_wild's test people and UTKFace are reported beside them)")
 
 
 def main() -> None:
@@ -60,9 +68,13 @@ def main() -> None:
                         help="evaluation.json of the same weights without the embedding's projection")
     parser.add_argument("--note", default=None,
                         help="a paragraph under Training: history the run's files do not record")
+    parser.add_argument("--config", default=CONFIG, help="the recipe the run's settings are listed against")
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="the card JSON of the model this one replaces: its test figures beside these")
     args = parser.parse_args()
     model = load_model(args.model)
     cfg = json.loads((args.run / "config.json").read_text())
+    data = _data_sets(cfg)
     rows = list(csv.DictReader(open(args.run / "log.csv")))
     ev = json.loads(args.evaluation.read_text())
     figures = headline(ev)
@@ -85,7 +97,8 @@ def main() -> None:
         "template (`facemtl.align`) from the MTCNN detector's landmarks (`weights/mtcnn.pt`).",
         f"- Heads: identity softmax over {model.config.num_identities} training identities, "
         f"{model.config.embedding_dim}-D L2-normalised embedding (DeepID2 contrastive loss), 5 landmarks, "
-        "CelebA's 40 attributes, 5-way head pose.",
+        "CelebA's 40 attributes, 5-way head pose" + (", age in years (a distribution over 0..100, its expected "
+                                                      "value)" if "age" in model.config.tasks else "") + ".",
         f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}"
         + (" (between projected embeddings, see below), " if projection.get("method", "none") != "none" else ", ") +
         f"the threshold with the best accuracy over all pairs of the CelebA val identities (never seen in "
@@ -93,10 +106,8 @@ def main() -> None:
         "thresholds fold by fold (10-fold protocol).",
         "",
         "## Training",
-        "- Data: CelebA train split (152 identities, identities + 40 attributes; 2 images per identity held out "
-        "for validation), celeba_wild train (238 identities, whole photos through our detector), MTFL "
-        "training.txt (landmarks, gender, smile, glasses, pose; 5% held out for validation).",
-        f"- Command: {_command(cfg, meta)} ({cfg['train']['epochs']} epochs, "
+        f"- Data: {data}.",
+        f"- Command: {_command(cfg, meta, args.config)} ({cfg['train']['epochs']} epochs, "
         f"{meta.get('steps')} steps of batch "
         f"{cfg['train']['identities_per_batch'] * cfg['train']['images_per_identity'] + views * cfg['train']['others_per_batch']}"
         f", seed {cfg['train']['seed']}).",
@@ -123,8 +134,23 @@ def main() -> None:
         "| figure | value |",
         "|---|---:|",
     ]
+    previous = None if args.previous is None else json.loads(args.previous.read_text())
+    if previous is not None:
+        lines[-2:] = [f"| figure | value | {previous['model_id']} |", "|---|---:|---:|"]
     for key, value in figures.items():
-        lines.append(f"| {LABELS.get(key, key)} | {value:.2f} |")
+        before = "" if previous is None else f" {previous['evaluation'].get(key, float('nan')):.2f} |"
+        lines.append(f"| {LABELS.get(key, key)} | {value:.2f} |{before}")
+    if previous is not None:
+        lines += ["", f"The last column: the model this one replaces ({previous['model']}), from its card's JSON, "
+                      "measured by the same command."]
+    if cfg["data"].get("teacher"):
+        lines += ["", "## Learning from a teacher", f"- Teacher: {TEACHER_TERMS}.",
+                  "- `facemtl teach` ran it once on every training face (the face and its mirror image, its own "
+                  "5-point alignment inside a box placed on the table's landmarks); test faces are refused. The "
+                  "student's embedding learns the centred, L2-normalised descriptor as the masked task `distill` "
+                  "(1 - cosine + the batch's similarity matrix against the teacher's); faces without a target "
+                  "are masked out.", *_teacher_coverage(args.run)]
+    lines += _groups(ev)
     if unrefined is not None:
         detector_nme = ev.get("mtfl", {}).get("detector_landmarks_nme_percent", float("nan"))
         lines += ["", *_refinement(figures, unrefined, args.model, detector_nme)]
@@ -161,19 +187,24 @@ def main() -> None:
         "about people; it is a research baseline.",
         "- Attributes such as 'Attractive' or 'Young' are CelebA's annotators' subjective labels and carry "
         "their biases.",
+        *(["- UTKFace (Zhang, Song, Qi, CVPR 2017) is for non-commercial research only. Age and gender read from "
+           "a face are estimates: report them as such, never decide about a person by them; a child's gender is "
+           "hardly in the face at all (see the table by age band)."] if cfg["data"].get("utkface") else []),
+        *([f"- The embedding learned from {TEACHER_TERMS}."] if cfg["data"].get("teacher") else []),
     ]
     args.out.write_text("\n".join(lines) + "\n")
     if args.json is not None:
         args.json.write_text(json.dumps({
             "model": str(args.model), "model_id": model.model_id, "trunk": cfg["model"]["trunk"],
-            "data": "CelebA train, celeba_wild train, MTFL training.txt (../shared/data)",
-            "command": _command(cfg, meta), "epochs": cfg["train"]["epochs"], "steps": meta.get("steps"),
+            "data": data,
+            "command": _command(cfg, meta, args.config), "epochs": cfg["train"]["epochs"], "steps": meta.get("steps"),
             "wall_s": wall, "verification_threshold": model.config.verification_threshold,
             "evaluation_command": f"facemtl evaluate {args.model} --out DIR", "evaluation": figures,
             "refine_passes": ev.get("refine_passes", 0),
             "evaluation_refine_0": unrefined,
             "verification_projection": projection,
             "evaluation_without_projection": unprojected,
+            "utkface_groups": ev.get("utkface", {}).get("groups"),
             }, indent=1) + "\n")
     print(f"wrote {args.out}")
 
@@ -203,18 +234,55 @@ def _threshold_note(meta: dict[str, str]) -> str:
     found = json.loads(meta.get("verification_threshold", "{}"))
     if "val_accuracy" not in found:
         return "no calibration record in the file"
-    return f"{100 * found['val_accuracy']:.2f}% accuracy there (`tools/ship_model.py`)"
+    return f"{100 * found['val_accuracy']:.2f}% accuracy there (`facemtl ship`)"
 
 
-def _command(cfg: dict[str, Any], meta: dict[str, str]) -> str:
-    """The training command(s): the settings where the run differs from ``CONFIG`` as ``--set``, and a change
+def _data_sets(cfg: dict[str, Any]) -> str:
+    """The training data of a run's config, in words."""
+    d = cfg["data"]
+    parts = [text for on, text in (
+        (d["celeba"], "CelebA train split (152 identities, identities + 40 attributes; 2 images per identity held "
+                      "out for validation)"),
+        (d["wild"], "celeba_wild train (238 identities, whole photos through our detector)"),
+        (d["mtfl"], "MTFL training.txt (landmarks, gender, smile, glasses, pose; 5% held out for validation)"),
+        (d.get("utkface"), "UTKFace's train split (18,963 faces of configs/splits/utkface.csv: age, and gender as "
+                           "CelebA's Male)")) if on]
+    return "; ".join(parts)
+
+
+def _teacher_coverage(run: Path) -> list[str]:
+    """The line of the run's log that says how many faces the teacher labelled, where the log has it."""
+    log = run.parent / f"{run.name}.log"
+    found = [line.strip() for line in log.read_text(errors="replace").splitlines()
+             if line.startswith("facemtl train:")] if log.is_file() else []
+    return [f"- The run's first line: `{found[0]}`."] if found else []
+
+
+def _groups(ev: dict[str, Any]) -> list[str]:
+    """UTKFace's per-group table (age MAE, gender accuracy), where the evaluation has it."""
+    groups = ev.get("utkface", {}).get("groups")
+    if not groups:
+        return []
+    lines = ["", "## Age and gender by group (UTKFace test)",
+             "Race is UTKFace's label, used to measure only; the model never predicts it.", "",
+             "| group | faces | age MAE (years) | gender accuracy (%) |", "|---|---:|---:|---:|"]
+    cells = [("all", groups["all"])] + [(f"{kind} {name}", cell) for kind in ("age_band", "gender", "race")
+                                         for name, cell in groups[kind].items()]
+    for name, cell in cells:
+        lines.append(f"| {name.replace('age_band', 'age').replace('_', ' ')} | {cell['faces']} | "
+                     f"{cell.get('age_mae', float('nan')):.2f} | {100 * cell.get('gender_accuracy', float('nan')):.2f} |")
+    return lines
+
+
+def _command(cfg: dict[str, Any], meta: dict[str, str], config: str = CONFIG) -> str:
+    """The training command(s): the settings where the run differs from ``config`` as ``--set``, and a change
     of schedule made on resume (``--reschedule``)."""
     steps = json.loads(meta.get("reschedules", "[]"))
-    base = json.loads(json.dumps(_flat(load_config(CONFIG).to_dict())))
+    base = json.loads(json.dumps(_flat(load_config(config).to_dict())))
     run = _flat(cfg)
     sets = [shlex.quote(f"{k}={_toml(v)}") for k, v in run.items()
             if k not in {"out_dir", *SET_BY_TRAINER} and base.get(k) != v and not (steps and k == "train.epochs")]
-    train = f"facemtl train --config {CONFIG} --out {cfg['out_dir']}" + "".join(f" --set {s}" for s in sets)
+    train = f"facemtl train --config {config} --out {cfg['out_dir']}" + "".join(f" --set {s}" for s in sets)
     if not steps:
         return f"`{train}`"
     parts = [f"`{train} --set train.epochs={steps[0]['from_epochs']}` to epoch {steps[0]['at_epoch']}"]
@@ -254,14 +322,14 @@ def _refinement(figures: dict[str, float], before: dict[str, float], model: Path
 
 
 def _projection(figures: dict[str, float], before: dict[str, float], fit: dict[str, Any]) -> list[str]:
-    """What the embedding's projection (fit by tools/ship_model.py on the training identities) adds."""
+    """What the embedding's projection (fit by facemtl ship on the training identities) adds."""
     tried = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in fit.get("val_accuracy_by_shrinkage", {}).items())
     return ["## What the embedding's projection adds", "",
-            f"`tools/ship_model.py --config {CONFIG}` fits a {fit.get('method', 'no')} projection "
+            f"`facemtl ship --config {CONFIG}` fits a {fit.get('method', 'no')} projection "
             f"on {fit.get('fit_on', 'nothing')} (`facemtl.train.projection`): cosine similarity then discounts "
             "the directions along which one person's faces vary, as DeepID2's Joint Bayesian scoring did. "
             f"The shrinkage is chosen on CelebA val pairs (accuracy by shrinkage: {tried}); it is "
-            f"{fit.get('shrinkage')}. Against the same weights without it (`tools/ship_model.py` without "
+            f"{fit.get('shrinkage')}. Against the same weights without it (`facemtl ship` without "
             "`--config`, then `facemtl evaluate`):", "",
             *_changes(figures, before, "no projection")]
 

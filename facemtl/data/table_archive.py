@@ -25,8 +25,10 @@ _OPTIONAL = ("age", "points")
 """Columns that archives packed by older versions lack (unpacked as unknown)."""
 
 
-def pack_table(table: FaceTable, spec: TableSpec, path: Path, quality: int = 85) -> int:
-    """Write ``table`` (built from ``spec``) to ``path`` with WebP crops; returns the file size in bytes."""
+def pack_table(table: FaceTable, spec: TableSpec, path: Path, quality: int = 85,
+               teacher: dict[str, np.ndarray] | None = None) -> int:
+    """Write ``table`` (built from ``spec``) to ``path`` with WebP crops, and the teacher's target file's arrays
+    when given (they travel with the table they label); returns the file size in bytes."""
     if not 1 <= quality <= 100:
         raise ValueError(f"WebP quality must be in 1..100, got {quality}")
     blobs = []
@@ -42,13 +44,15 @@ def pack_table(table: FaceTable, spec: TableSpec, path: Path, quality: int = 85)
                         offsets=offsets, crop_shape=np.array(table.crops.shape[1:]),
                         spec=np.array(json.dumps(meta, sort_keys=True)), files=table.files.astype(str),
                         identity_names=np.array(table.identity_names, dtype=str),
-                        **{k: getattr(table, k) for k in _LABELS + _OPTIONAL})
+                        **{k: getattr(table, k) for k in _LABELS + _OPTIONAL},
+                        **{f"teacher_{k}": v for k, v in (teacher or {}).items()})
     atomic_write_bytes(path, out.getvalue())
     return Path(path).stat().st_size
 
 
 def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) -> Path:
-    """Decode an archive from :func:`pack_table` into ``cache_dir`` as the table of its spec under ``root``.
+    """Decode an archive from :func:`pack_table` into ``cache_dir`` as the table of its spec under ``root``,
+    with its teacher targets (if packed) as the target file of that table.
 
     An existing table there (perhaps the exact one, built from the photos) is kept unless ``force``.
     """
@@ -59,6 +63,7 @@ def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) ->
             labels = [z[k] for k in _LABELS]
             optional = {k: z[k] for k in _OPTIONAL if k in z.files}
             files, names = z["files"], [str(s) for s in z["identity_names"]]
+            teacher = {k[len("teacher_"):]: z[k] for k in z.files if k.startswith("teacher_")}
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise FacemtlError(f"{path}: not a facemtl table archive ({exc})") from exc
     out = Path(cache_dir) / f"table-{spec.key()}.npz"
@@ -72,4 +77,8 @@ def unpack_table(path: Path, root: str, cache_dir: Path, force: bool = False) ->
         crops[i] = img[..., ::-1]
     table = FaceTable(crops, *labels, files, names, **optional)
     table.save(out)
+    if teacher:
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v for k, v in teacher.items() if k != "name"})
+        atomic_write_bytes(Path(cache_dir) / f"teacher-{spec.key()}-{teacher['name']}.npz", buf.getvalue())
     return out
