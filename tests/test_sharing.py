@@ -15,9 +15,9 @@ from facemtl.train.gradients import pcgrad_backward
 from facemtl.train.losses import landmark_loss, masked_cross_entropy
 from facemtl.model.heads import Neck
 from facemtl.model.multitask import ModelConfig, MultiTaskNet, load_model
-from facemtl.model.sharing import TASKS, CrossStitchUnit, difference_loss, list_sharing, task_groups
+from facemtl.model.sharing import SHARING_DESIGNS, TASKS, CrossStitchUnit, difference_loss, task_groups
 
-DESIGNS = list_sharing()
+DESIGNS = SHARING_DESIGNS.names()
 TRUNKS = [("deepid2", 64), ("resnet", 112)]
 FEATURE_DIM = 32
 

@@ -11,28 +11,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..registry import Registry
 
-_TRUNKS: dict[str, Callable[..., "Trunk"]] = {}
-
-
-def register_trunk(name: str) -> Callable[[Callable[..., "Trunk"]], Callable[..., "Trunk"]]:
-    """Decorator adding a trunk factory to the registry under ``name``."""
-    def add(fn: Callable[..., "Trunk"]) -> Callable[..., "Trunk"]:
-        _TRUNKS[name] = fn
-        return fn
-    return add
-
-
-def list_trunks() -> list[str]:
-    return sorted(_TRUNKS)
+TRUNKS: Registry[Callable[..., "Trunk"]] = Registry("trunk")
 
 
 def create_trunk(name: str, width: float = 1.0) -> "Trunk":
     """Build a registered trunk; ``width`` scales every block's channel count."""
-    if name not in _TRUNKS:
-        raise ConfigError(f"unknown trunk {name!r}; available: {', '.join(list_trunks())}")
-    return _TRUNKS[name](width=width)
+    return TRUNKS.create(name, width=width)
 
 
 class Trunk(nn.Module):
@@ -64,7 +50,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-@register_trunk("deepid2")
+@TRUNKS.register("deepid2")
 def deepid2(width: float = 1.0) -> Trunk:
     """DeepID2-sized ConvNet for 64x64 crops: four blocks of 3x3 convs, about 0.11 GMAC per face."""
     c = [max(8, int(round(v * width))) for v in (32, 64, 96, 128)]
@@ -92,7 +78,7 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-@register_trunk("resnet")
+@TRUNKS.register("resnet")
 def resnet(width: float = 1.0) -> Trunk:
     """ResNet-18-style trunk for 112x112 crops (stem at stride 2, four stages down to 7x7)."""
     c = [max(8, int(round(v * width))) for v in (64, 128, 256, 512)]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InvalidInputError
+from ..registry import Registry
 from .backbones import Trunk, create_trunk
 from .heads import Neck
 
@@ -28,19 +29,7 @@ TASKS: tuple[str, ...] = ("identity", "verification", "landmarks", "attributes",
 DEFAULT_TASKS: tuple[str, ...] = TASKS[:5]
 """The tasks a model config has unless it lists its own (age needs UTKFace's labels)."""
 
-_DESIGNS: dict[str, Callable[..., "Sharing"]] = {}
-
-
-def register_sharing(name: str) -> Callable[[Callable[..., "Sharing"]], Callable[..., "Sharing"]]:
-    """Decorator adding a sharing design to the registry under ``name``."""
-    def add(cls: Callable[..., "Sharing"]) -> Callable[..., "Sharing"]:
-        _DESIGNS[name] = cls
-        return cls
-    return add
-
-
-def list_sharing() -> list[str]:
-    return sorted(_DESIGNS)
+SHARING_DESIGNS: Registry[Callable[..., "Sharing"]] = Registry("sharing design")
 
 
 class Sharing(nn.Module):
@@ -72,7 +61,7 @@ def neck_input_features(trunk: Trunk, input_size: int, blocks: Sequence[int]) ->
     return sum(c * h * w for c, h, w in (shapes[b] for b in blocks))
 
 
-@register_sharing("hard")
+@SHARING_DESIGNS.register("hard")
 class HardSharing(Sharing):
     """One trunk and one neck shared by every task; the neck reads the deepest ``neck_blocks`` blocks.
 
@@ -156,7 +145,7 @@ def task_groups(groups: Mapping[str, Sequence[str]] | None, tasks: Sequence[str]
     return {g: members for g, members in resolved.items() if members}
 
 
-@register_sharing("hierarchical")
+@SHARING_DESIGNS.register("hierarchical")
 class HierarchicalSharing(Sharing):
     """One trunk; each task reads one block through a neck (tasks reading the same block share it).
 
@@ -239,7 +228,7 @@ class CrossStitchUnit(nn.Module):
         self.alpha.requires_grad_(False)
 
 
-@register_sharing("cross_stitch")
+@SHARING_DESIGNS.register("cross_stitch")
 class CrossStitchSharing(Sharing):
     """One full trunk ("column") per task group; after every block but the last a cross-stitch unit mixes
     the columns' activations channel by channel (Misra et al., CVPR 2016).
@@ -322,7 +311,7 @@ def difference_loss(shared: torch.Tensor, private: torch.Tensor) -> torch.Tensor
     return (corr * corr).sum() / float(n * n)
 
 
-@register_sharing("shared_private")
+@SHARING_DESIGNS.register("shared_private")
 class SharedPrivateSharing(Sharing):
     """A shared trunk plus a small private trunk per task group (Bousmalis et al., 2016).
 
@@ -388,9 +377,4 @@ class SharedPrivateSharing(Sharing):
 
 def build_sharing(name: str, options: dict[str, Any], **common: Any) -> Sharing:
     """Instantiate a registered sharing design with the common arguments plus its own options."""
-    if name not in _DESIGNS:
-        raise ConfigError(f"unknown sharing design {name!r}; available: {', '.join(list_sharing())}")
-    try:
-        return _DESIGNS[name](**common, **options)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for sharing design {name!r}: {exc}") from None
+    return SHARING_DESIGNS.create(name, **common, **options)

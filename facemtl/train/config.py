@@ -12,7 +12,10 @@ from typing import Any
 from ..data.pairs import BatchPlan
 from ..data.transforms import AugmentConfig
 from ..errors import ConfigError
+from ..model.backbones import TRUNKS
 from ..model.multitask import ModelConfig
+from ..model.sharing import SHARING_DESIGNS
+from .weighting import WEIGHTINGS
 
 
 @dataclass
@@ -177,6 +180,9 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
 
 
 def _validate(cfg: RunConfig) -> None:
+    TRUNKS.check(cfg.model.trunk)
+    SHARING_DESIGNS.check(cfg.model.sharing)
+    WEIGHTINGS.check(cfg.train.weighting)
     t = cfg.train
     checks = [
         (t.epochs >= 1, "train.epochs must be >= 1"),

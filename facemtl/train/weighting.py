@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InvalidInputError
+from ..registry import Registry
 
 __all__ = [
     "TaskWeighting",
@@ -31,6 +32,9 @@ __all__ = [
     "TaskEarlyStopping",
     "build_weighting",
 ]
+
+
+WEIGHTINGS: Registry[type["TaskWeighting"]] = Registry("task weighting")
 
 
 class TaskWeighting(nn.Module):
@@ -90,6 +94,7 @@ class _BufferWeights(TaskWeighting):
         return {t: float(self.w[i]) for i, t in enumerate(self.tasks)}
 
 
+@WEIGHTINGS.register("static")
 class StaticWeighting(_BufferWeights):
     """Fixed weights: ``total = sum_i w_i * L_i``; a task missing from ``weights`` gets 1.0."""
 
@@ -103,6 +108,7 @@ class StaticWeighting(_BufferWeights):
 
 
 
+@WEIGHTINGS.register("uncertainty")
 class UncertaintyWeighting(TaskWeighting):
     """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
@@ -139,6 +145,7 @@ class UncertaintyWeighting(TaskWeighting):
 _MIN_GRADNORM_WEIGHT = 1e-4
 
 
+@WEIGHTINGS.register("gradnorm")
 class GradNorm(TaskWeighting):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
 
@@ -259,6 +266,7 @@ class GradNorm(TaskWeighting):
         return {t: float(self.w[i]) for i, t in enumerate(self.tasks)}
 
 
+@WEIGHTINGS.register("dwa")
 class DynamicWeightAverage(_BufferWeights):
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
 
@@ -398,21 +406,6 @@ def _median(sorted_values: Sequence[float]) -> float:
     return sorted_values[mid] if n % 2 else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])
 
 
-_WEIGHTINGS: dict[str, type[TaskWeighting]] = {
-    "static": StaticWeighting,
-    "uncertainty": UncertaintyWeighting,
-    "gradnorm": GradNorm,
-    "dwa": DynamicWeightAverage,
-}
-
-
 def build_weighting(name: str, tasks: Sequence[str], **kwargs: Any) -> TaskWeighting:
     """Build a weighting strategy by name: ``static`` | ``uncertainty`` | ``gradnorm`` | ``dwa``."""
-    try:
-        cls = _WEIGHTINGS[name]
-    except KeyError:
-        raise ConfigError(f"unknown task weighting {name!r}; choose one of {sorted(_WEIGHTINGS)}") from None
-    try:
-        return cls(tasks, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for task weighting {name!r}: {exc}") from None
+    return WEIGHTINGS.create(name, tasks, **kwargs)
