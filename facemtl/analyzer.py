@@ -20,7 +20,8 @@ import torch
 
 from ._resources import DEFAULT_MODEL, weights_path
 from .align import align, template
-from .detect.detector import FaceDetector, as_image_list
+from .detect.detector import FaceDetector
+from .io import as_image_list
 from .device import resolve_device
 from .errors import InvalidInputError
 from .model.heads import expected_age

@@ -10,7 +10,7 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -282,3 +282,20 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
             f"expected {array.dtype} values in [0, 255] (use uint16 for 16-bit data); got values in [{low}, {high}]"
         )
     return array.astype(np.uint8)
+
+
+ImageLike = Any  # path, bytes, PIL image or numpy array: whatever load_image takes
+
+
+def _is_single_image(images: Any) -> bool:
+    """True when ``images`` is one photo rather than a sequence of photos."""
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return not isinstance(images, (list, tuple))
+
+
+def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
+    """One photo, a list of photos or an (N,H,W,C) array -> list of RGB uint8 arrays."""
+    if _is_single_image(images):
+        return [load_image(images)]
+    return [load_image(img) for img in images]

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from facemtl.data.lfw import read_lfw_pairs
 from facemtl.errors import DatasetError, InvalidInputError
 from facemtl.evaluate import (
     attribute_accuracy,
@@ -22,7 +23,6 @@ from facemtl.evaluate import (
     landmark_metrics,
     landmark_point_errors,
     make_identity_pairs,
-    read_lfw_pairs,
     roc,
     tar_at_far,
     verification_accuracy,

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facemtl.data.widerface import WiderFaces, read_wider_gt
 from facemtl.errors import DatasetError, InvalidInputError
 from facemtl.evaluate import (
-    WiderFaces,
     average_precision,
     box_iou,
     detection_report,
     match_rate,
-    read_wider_gt,
 )
 
 

@@ -34,7 +34,8 @@ from facemtl.allocator import tune_cpu_allocator
 from facemtl.data import data_root
 from facemtl.detect.detector import FaceDetector
 from facemtl.device import torch_threads
-from facemtl.evaluate.detection import average_precision, detection_report, match_rate, read_wider_gt
+from facemtl.data.widerface import read_wider_gt
+from facemtl.evaluate.detection import average_precision, detection_report, match_rate
 from facemtl.evaluate.plots import plot_pr
 from facemtl.io import load_image
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -12,27 +12,10 @@ import torch
 from ..allocator import tune_cpu_allocator
 from ..device import resolve_device, torch_threads
 from ..errors import InvalidInputError
-from ..io import load_image
+from ..io import ImageLike, as_image_list
 from ..types import DEFAULT_MIN_FACE, Detection
 from .cascade import Cascade, CascadeConfig, CascadeOutput
 from .weights import load_detector_nets
-
-ImageLike = Any  # path, bytes, PIL image or numpy array: whatever facemtl.load_image takes
-
-
-def _is_single_image(images: Any) -> bool:
-    """True when ``images`` is one photo rather than a sequence of photos."""
-    if isinstance(images, np.ndarray):
-        return images.ndim != 4
-    return not isinstance(images, (list, tuple))
-
-
-def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
-    """One photo, a list of photos or an (N,H,W,C) array -> list of RGB uint8 arrays."""
-    if _is_single_image(images):
-        return [load_image(images)]
-    return [load_image(img) for img in images]
-
 
 class FaceDetector:
     """MTCNN detector with the shipped weights on a chosen device. A CPU detector tunes glibc's malloc for
