@@ -122,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     _models(p)
     p.set_defaults(run=_command("gallery", "run_identify"))
 
+    p = sub.add_parser("serve", help="HTTP service and web page: analyze, verify, enroll, identify (the [serve] extra)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default %(default)s)")
+    p.add_argument("--db", type=Path, default=Path("faces.db"),
+                   help="gallery database (SQLite), created if absent (default %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="worker processes, each loading the model once (default 1)")
+    p.add_argument("--api-key", default=None,
+                   help="key the enroll and delete calls must send as X-API-Key (default: $FACEMTL_API_KEY; "
+                        "prefer the variable, a command line is visible to other users)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0,
+                   help="largest request body in MiB; larger uploads get 413 (default 32)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take (default 60)")
+    _models(p)
+    p.set_defaults(run=_command("serve", "run_serve"))
+
     p = sub.add_parser("train", help="train (or resume) the multi-task network from a TOML config")
     p.add_argument("--config", required=True, type=Path, help="TOML file with [model] [data] [train] [augment]")
     p.add_argument("--out", type=Path, default=None, help="run folder (overrides out_dir in the config)")

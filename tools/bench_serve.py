@@ -264,7 +264,7 @@ def fault_test(photos: list[Photo], seconds: float, threads: int, folder: Path, 
                                headers={"X-API-Key": API_KEY})
         except httpx.TransportError:
             tally.add("connection lost or refused")
-            time.sleep(0.1)
+            time.sleep(0.5)  # the server is down or restarting
             return
         tally.add(str(answer.status_code))
         if answer.status_code == 200:
