@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .errors import InvalidInputError
 from .model.heads import expected_age
 from .model.multitask import MultiTaskNet, load_model
 from .types import DEFAULT_MIN_FACE, FLIP_PERMUTATION, Detection, Face, largest
+
+if TYPE_CHECKING:
+    from .video import VideoResult
 
 log = logging.getLogger("facemtl")
 
@@ -172,6 +175,12 @@ class FaceAnalyzer:
             identity=res.get("identity"),
             age=None if "age" not in res else expected_age(torch.from_numpy(res["age"])).numpy(),
         )
+
+    def analyze_video(self, path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
+                      every: int = 1, **options: Any) -> "VideoResult":
+        """Faces and face tracks of a video, every ``every``-th frame (see :func:`facemtl.video.analyze_video`)."""
+        from .video import analyze_video  # here: scipy's optimiser loads only for videos
+        return analyze_video(self, path, out_dir, every, **options)
 
     def embed(self, images: Any | Sequence[Any]) -> list[np.ndarray | None]:
         """Embedding of the largest face of each photo (None where no face is found); no refinement passes,

@@ -73,8 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judgements", action="store_true",
                    help="also draw CelebA's judgements of looks (attractive, chubby, big nose, ...; always in "
                         "faces.json)")
+    p.add_argument("--every", type=_positive_int, default=1, metavar="N",
+                   help="videos (.mp4 .avi .mov .mkv .webm): analyse every N-th frame (default 1)")
     _models(p)
     p.set_defaults(run=_command("analyze"))
+
+    p = sub.add_parser("cluster", help="group every face of photos by person: clusters.json, a contact sheet per "
+                                       "cluster")
+    _batch_outputs(p)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity that links two faces (default: the one calibrated and stored in the model)")
+    p.add_argument("--min-size", type=_positive_int, default=2,
+                   help="faces a cluster needs; faces of smaller ones are left alone, cluster -1 (default 2)")
+    _models(p)
+    p.set_defaults(run=_command("cluster"))
 
     p = sub.add_parser("detect", help="find faces (box, score, 5 landmarks) in photos or folders")
     _batch_outputs(p)

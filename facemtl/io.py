@@ -25,6 +25,7 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image,
 # (EPS runs Ghostscript) are refused as unrecognised.
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
 DEFAULT_MAX_PIXELS = 178_956_970  # equals Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS) by default
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})

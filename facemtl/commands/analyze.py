@@ -11,6 +11,7 @@ from ..batch import Failure, collect_files, load_batches, report
 from ..draw import draw_faces
 from ..outputs import OutputDir
 from ..types import JUDGEMENT_ATTRIBUTES, Face
+from ..io import VIDEO_SUFFIXES
 from .common import analyzer_from_args
 
 
@@ -28,7 +29,11 @@ def face_labels(face: Face, top: int, judgements: bool = False) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Analyze every photo: faces.json, embeddings.npy (rows indexed from faces.json), annotated images."""
+    """Analyze every photo: faces.json, embeddings.npy (rows indexed from faces.json), annotated images; a video
+    goes to :func:`run_video` (faces per frame and face tracks)."""
+    if any(Path(p).suffix.lower() in VIDEO_SUFFIXES for p in args.paths):
+        from .video import run_video                     # here: a photo run never loads the video stack
+        return run_video(args)
     out = OutputDir(args.out, force=args.force)
     out.check_free(["faces.json", "embeddings.npy", "failures.json", "annotated"])
     files = collect_files(args.paths, exclude=args.out)
