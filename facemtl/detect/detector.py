@@ -92,7 +92,8 @@ def _to_detections(out: CascadeOutput) -> list[Detection]:
 _default: dict[str, FaceDetector] = {}
 
 
-def detect(images: ImageLike | Sequence[ImageLike], min_face: float = DEFAULT_MIN_FACE, device: str | torch.device = "cpu",
+def detect(images: ImageLike | Sequence[ImageLike], min_face: float = DEFAULT_MIN_FACE,
+           device: str | torch.device = "cpu",
            weights: str | os.PathLike[str] | None = None) -> list[list[Detection]]:
     """Detect faces with the shipped MTCNN weights (the detector is built once per device and weights)."""
     key = f"{resolve_device(device)}|{weights}"

@@ -345,9 +345,9 @@ def _write(results: dict[str, Any], out: Path, names: list[str]) -> None:
     utk = results.get("utkface", {})
     if "_age_curve" in utk or "gender_accuracy" in utk.get("groups", {}).get("all", {}):
         bands = utk["groups"]["age_band"]
-        plots.plot_age_groups(*(utk["_age_curve"] if "_age_curve" in utk else ([], [])), list(bands),
-                              [bands[b].get("gender_accuracy", float("nan")) for b in bands], out / "utkface_groups.png",
-                              title="UTKFace test: age error by true age (left), gender accuracy by age band (right)")
+        accuracy = [bands[b].get("gender_accuracy", float("nan")) for b in bands]
+        plots.plot_age_groups(*(utk["_age_curve"] if "_age_curve" in utk else ([], [])), list(bands), accuracy,
+                              out / "utkface_groups.png", title="UTKFace test: age error by true age (left), gender accuracy by age band (right)")
     if "celeba" in results and "_attr_acc" in results["celeba"]:
         plots.plot_attribute_bars(names, {"facemtl": results["celeba"]["_attr_acc"]}, out / "attributes.png",
                                   title="CelebA test: accuracy per attribute")
