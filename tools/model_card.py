@@ -138,7 +138,8 @@ def main() -> None:
     if previous is not None:
         lines[-2:] = [f"| figure | value | {previous['model_id']} |", "|---|---:|---:|"]
     for key, value in figures.items():
-        before = "" if previous is None else f" {previous['evaluation'].get(key, float('nan')):.2f} |"
+        old = None if previous is None else previous["evaluation"].get(key)
+        before = "" if previous is None else (" - |" if old is None else f" {old:.2f} |")
         lines.append(f"| {LABELS.get(key, key)} | {value:.2f} |{before}")
     if previous is not None:
         lines += ["", f"The last column: the model this one replaces ({previous['model']}), from its card's JSON, "
