@@ -6,6 +6,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .types import JUDGEMENT_ATTRIBUTES, Face
+
 _BOX = (40, 220, 40)
 _POINTS = ((255, 60, 60), (60, 60, 255), (255, 220, 0), (255, 60, 255), (0, 220, 255))
 
@@ -31,3 +33,16 @@ def draw_faces(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
                         cv2.LINE_AA)
             y += th + base + 5
     return out
+
+
+def face_labels(face: Face, top: int, judgements: bool = False) -> list[str]:
+    """Short lines written beside a face: age and sex, then the most confident other attributes present
+    (CelebA's judgements of looks only when ``judgements``)."""
+    attrs = {k: v for k, v in face.attributes.items() if judgements or k not in JUDGEMENT_ATTRIBUTES}
+    lines = [] if face.age is None else [f"age {face.age:.0f}"]
+    if "Male" in attrs:
+        male = attrs.pop("Male")
+        lines.append(f"male {male:.2f}" if male >= 0.5 else f"female {1 - male:.2f}")
+    present = sorted(((p, n) for n, p in attrs.items() if p >= 0.5), reverse=True)
+    lines += [f"{n.lower().replace('_', ' ')} {p:.2f}" for p, n in present[:max(0, top - len(lines))]]
+    return lines

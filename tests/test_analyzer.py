@@ -89,7 +89,7 @@ def test_shipped_landmarks_sit_on_the_annotations_in_0_based_pixels(analyzer: Fa
 def test_a_model_with_the_age_head_reports_an_age_per_face(tmp_path) -> None:
     import torch
 
-    from facemtl.commands.analyze import face_labels
+    from facemtl.draw import face_labels
     from facemtl.model.multitask import ModelConfig, MultiTaskNet
     from facemtl.model.sharing import TASKS
 

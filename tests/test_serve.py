@@ -30,8 +30,8 @@ with warnings.catch_warnings():  # starlette >= 1.0 suggests httpx2 for its Test
 
 from facemtl._resources import sample_photo  # noqa: E402
 from facemtl.analyzer import FaceAnalyzer  # noqa: E402
-from facemtl.commands import serve as serve_command  # noqa: E402
-from facemtl.commands.analyze import face_labels  # noqa: E402
+from facemtl.cli import serve as serve_command  # noqa: E402
+from facemtl.draw import face_labels  # noqa: E402
 from facemtl.errors import GalleryError  # noqa: E402
 from facemtl.io import load_image  # noqa: E402
 from facemtl.serve import CONFIG_ENV, ServeConfig  # noqa: E402

@@ -15,7 +15,7 @@ import torch
 
 from facemtl.analyzer import FaceAnalyzer
 from facemtl.batch import collect_files
-from facemtl.commands.bench import bench_pipeline, format_bench
+from facemtl.cli.bench import bench_pipeline, format_bench
 from facemtl.data import data_root
 from facemtl.io import load_image
 

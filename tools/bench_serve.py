@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from facemtl.analyzer import FaceAnalyzer
-from facemtl.commands.serve import APP_FACTORY
+from facemtl.cli.serve import APP_FACTORY
 from facemtl.data import data_root
 from facemtl.gallery import Gallery
 from facemtl.io import iter_image_files

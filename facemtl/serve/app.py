@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facemtl import __version__
 from facemtl.analyzer import FaceAnalyzer
-from facemtl.commands.analyze import face_labels
+from facemtl.draw import face_labels
 from facemtl.detect.detector import FaceDetector
 from facemtl.device import resolve_device
 from facemtl.errors import FacemtlError, GalleryError, ImageDecodeError, InvalidInputError, WeightsError

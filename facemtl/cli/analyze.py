@@ -8,24 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ..batch import Failure, collect_files, load_batches, report
-from ..draw import draw_faces
+from ..draw import draw_faces, face_labels
 from ..outputs import OutputDir
-from ..types import JUDGEMENT_ATTRIBUTES, Face
 from ..io import VIDEO_SUFFIXES
 from .common import analyzer_from_args
-
-
-def face_labels(face: Face, top: int, judgements: bool = False) -> list[str]:
-    """Short lines written beside a face: age and sex, then the most confident other attributes present
-    (CelebA's judgements of looks only when ``judgements``)."""
-    attrs = {k: v for k, v in face.attributes.items() if judgements or k not in JUDGEMENT_ATTRIBUTES}
-    lines = [] if face.age is None else [f"age {face.age:.0f}"]
-    if "Male" in attrs:
-        male = attrs.pop("Male")
-        lines.append(f"male {male:.2f}" if male >= 0.5 else f"female {1 - male:.2f}")
-    present = sorted(((p, n) for n, p in attrs.items() if p >= 0.5), reverse=True)
-    lines += [f"{n.lower().replace('_', ' ')} {p:.2f}" for p, n in present[:max(0, top - len(lines))]]
-    return lines
 
 
 def run(args: argparse.Namespace) -> int:

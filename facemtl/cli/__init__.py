@@ -1,7 +1,7 @@
 """The ``facemtl`` command line: each sub-command is a thin layer over the Python API.
 
-Parsers live here (argparse only, so ``facemtl --help`` starts fast); each command's work is imported from
-``facemtl.commands.<name>`` when it runs.
+The parser lives here (argparse only, so ``facemtl --help`` starts fast); each command's work is in
+``facemtl.cli.<name>``, imported when it runs.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import FacemtlError
-from .types import DEFAULT_MIN_FACE
+from ..errors import FacemtlError
+from ..types import DEFAULT_MIN_FACE
 
 log = logging.getLogger("facemtl")
 
@@ -54,9 +54,9 @@ def _batch_outputs(p: argparse.ArgumentParser) -> None:
 
 
 def _command(name: str, func: str = "run") -> object:
-    """Resolve ``facemtl.commands.<name>.<func>`` lazily."""
+    """Resolve ``facemtl.cli.<name>.<func>`` lazily."""
     def run(args: argparse.Namespace) -> int:
-        return getattr(importlib.import_module(f"facemtl.commands.{name}"), func)(args)
+        return getattr(importlib.import_module(f"facemtl.cli.{name}"), func)(args)
     return run
 
 
@@ -247,6 +247,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facemtl {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
