@@ -93,7 +93,9 @@ def test_health_page_and_docs(client: TestClient, analyzer: FaceAnalyzer) -> Non
     page = client.get("/")
     assert page.status_code == 200 and 'id="view"' in page.text
     assert client.get("/static/app.js").status_code == 200
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-static/swagger-ui-bundle.js" in docs.text and "//cdn" not in docs.text
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200       # served from here: works offline
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/analyze", "/verify", "/identify", "/gallery", "/gallery/{name}", "/health"} <= set(paths)
 

@@ -17,7 +17,7 @@ log = logging.getLogger("facemtl")
 API_KEY_ENV = "FACEMTL_API_KEY"
 APP_FACTORY = "facemtl.serve.app:app_from_env"
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-_NEEDED = ("fastapi", "uvicorn", "python_multipart")
+_NEEDED = ("fastapi", "uvicorn", "python_multipart", "swagger_ui_bundle")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:

@@ -30,10 +30,12 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from facemtl import __version__
 from facemtl.analyzer import FaceAnalyzer
@@ -389,10 +391,20 @@ def create_app(config: ServeConfig, analyzer: FaceAnalyzer | None = None) -> Fas
             model_thread.shutdown(wait=False, cancel_futures=True)
             store_thread.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="facemtl", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="facemtl", version=__version__, lifespan=lifespan, docs_url=None,
                   description="Face detection, landmarks, attributes, verification and a face gallery.")
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """The API's interactive docs, from the installed Swagger UI files (no CDN: works offline)."""
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="facemtl API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
+
     app.add_middleware(_UploadGuard, limit=config.max_upload_bytes, timeout_s=config.timeout_s)
     app.add_exception_handler(FacemtlError, _typed_error)
     app.add_exception_handler(RequestValidationError, _field_error)
