@@ -119,7 +119,7 @@ def test_a_run_learns_from_fake_targets(tmp_path: Path, data_dir: Path) -> None:
     seen = []
     for _ in range(8):                                                    # the distill loss alone moves the net
         loss = task_losses(student(images.float()), tg, student.config)["distill"]
-        seen.append(float(loss))
+        seen.append(float(loss.detach()))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
