@@ -36,11 +36,15 @@ def _refine(p: argparse.ArgumentParser) -> None:
                         "attributes and pose (default 1; 0 = detector alignment only)")
 
 
+def _min_face(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE,
+                   help=f"smallest face side in pixels (default {DEFAULT_MIN_FACE:g})")
+
+
 def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="multi-task model file (default: the shipped one)")
     p.add_argument("--detector", type=Path, default=None, help="detector weights (default: the shipped MTCNN)")
-    p.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE,
-                   help=f"smallest face side in pixels (default {DEFAULT_MIN_FACE:g})")
+    _min_face(p)
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
     _refine(p)
     _device(p)
@@ -92,16 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_outputs(p)
     p.add_argument("--crops", action="store_true", help="write aligned 112x112 crops to OUT/crops/")
     p.add_argument("--draw", action="store_true", help="write annotated copies to OUT/annotated/")
-    p.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE,
-                   help=f"smallest face side in pixels (default {DEFAULT_MIN_FACE:g})")
+    _min_face(p)
     _device(p, "cpu")
     p.set_defaults(run=_command("detect", "run_detect"))
 
     p = sub.add_parser("crop", help="aligned face crops only (OUT/crops/<stem>_<k>.png)")
     _batch_outputs(p)
     p.add_argument("--size", type=_positive_int, default=112, help="crop side in pixels (default 112)")
-    p.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE,
-                   help=f"smallest face side in pixels (default {DEFAULT_MIN_FACE:g})")
+    _min_face(p)
     _device(p, "cpu")
     p.set_defaults(run=_command("detect", "run_crop"))
 
