@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..data.celeba import read_celeba
 from ..data.folders import read_person_folders
-from ..data.mixed import FaceTable, TableSpec
+from ..data.mixed import SOURCES, FaceTable, TableSpec
 from ..data.mtfl import read_mtfl
 from ..data.utkface import read_utkface
 from ..errors import DatasetError, FacemtlError
@@ -229,6 +229,5 @@ def training_targets(spec: TableSpec, cache_dir: Path, table: FaceTable, teacher
 
 def summary(done: np.ndarray, table: FaceTable) -> dict[str, Any]:
     """How many faces of each source have a target."""
-    from ..data.mixed import SOURCES
     return {name: f"{int(done[table.source == s].sum())}/{int((table.source == s).sum())}"
             for s, name in enumerate(SOURCES) if (table.source == s).any()}
