@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from facemtl.data.folders import read_person_folders
 from facemtl.data.mixed import TableSpec, build_table
 from facemtl.data.mtfl import read_mtfl
 from facemtl.train.config import load_config
-from facemtl.train.teacher import (TARGET_DIM, VIEWS, TeacherError, check_no_test_faces, compute_targets,
-                                   face_box, held_out_files, load_targets, target_table, teacher_path)
+from facemtl.train.teacher import (DLIB_TEACHER, TARGET_DIM, VIEWS, TeacherError, check_no_test_faces,
+                                   compute_targets, face_box, held_out_files, load_targets, reuse_targets,
+                                   target_table, teacher_path)
 from facemtl.model.multitask import MultiTaskNet
 from facemtl.train.losses import task_losses
 from facemtl.train.trainer import BatchList, Trainer, table_specs
@@ -214,3 +216,25 @@ def test_a_terminated_run_saves_what_it_had(tmp_path: Path, data_dir: Path) -> N
     with np.load(out) as z:
         done = z["done"]
     assert 8 * 32 <= done.sum() < 400                                     # more than the periodic save, not all
+
+
+def test_a_new_table_reuses_the_targets_other_tables_have(tmp_path: Path, data_dir: Path) -> None:
+    cache = tmp_path / "cache"
+    big_spec = TableSpec(str(data_dir), "train", None, "training", limit=40)
+    big = build_table(big_spec, cache, progress=False)
+    FakeTeacher.calls, FakeTeacher.fail_after = 0, None
+    want, _ = compute_targets(big, teacher_path(big_spec, cache), data_dir, teacher=FakeTeacher, progress=False)
+    small_spec = TableSpec(str(data_dir), None, None, "training", limit=40)
+    small = build_table(small_spec, cache, progress=False)
+    assert 0 < len(small) < len(big)
+    FakeTeacher.calls = 0
+    got, done = compute_targets(small, teacher_path(small_spec, cache), data_dir, teacher=FakeTeacher, progress=False)
+    row = {f: i for i, f in enumerate(big.files.astype(str))}
+    assert done.all() and FakeTeacher.calls == 0                          # the teacher never ran again
+    assert np.array_equal(got, want[[row[f] for f in small.files.astype(str)]])
+    moved = small.points.copy()
+    moved[0] += 1.0                                                       # aligned elsewhere: labelled afresh
+    targets, done = np.zeros_like(got), np.zeros(len(small), bool)
+    path = cache / f"teacher-0123abcd-{DLIB_TEACHER}.npz"
+    assert reuse_targets(dataclasses.replace(small, points=moved), path, targets, done) == len(small) - 1
+    assert not done[0] and done[1:].all() and np.array_equal(targets[1:], got[1:])

@@ -9,6 +9,7 @@ ablation continues where it stopped.
     python tools/ablate.py                      # single tasks vs joint (static / uncertainty / GradNorm)
     python tools/ablate.py --sharing --gradient # + hierarchical, cross_stitch, shared_private; hard + PCGrad
     python tools/ablate.py --affinity           # + every pair of tasks, and the task-affinity matrix (PNG)
+    python tools/ablate.py --distill --config configs/distill.toml   # what the teacher adds, and UTKFace
 
 "recognition" is DeepID2's identification + verification signal (identity softmax and the contrastive loss
 on the embedding), counted as one task here because the verification metrics need both.
@@ -42,6 +43,21 @@ GROUP_METRIC = {"recognition": ("celeba_verif_%", +1), "landmarks": ("mtfl_nme_%
                 "attributes": ("celeba_attr_mean_%", +1), "pose": ("val_pose_acc_%", +1)}
 
 
+def distill_variants() -> dict[str, dict[str, Any]]:
+    """Name -> overrides of ``configs/distill.toml``: the recipe without the teacher, the teacher alone (every
+    other task's weight 0, so the heads stay in the model and their drift is measured), the teacher with the
+    recognition tasks, with every task, and with every task but no UTKFace faces."""
+    weights = load_config(ROOT / "configs" / "distill.toml").train.weighting_options["weights"]
+    only = {t: 0.0 for t in weights}
+    recognition = {**only, **{t: weights[t] for t in ("identity", "verification")}}
+    return {"no teacher": {"data.teacher": ""},
+            "teacher only": {"train.weighting_options": {"weights": {**only, "distill": weights["distill"]}}},
+            "teacher + recognition": {"train.weighting_options": {"weights": {**recognition,
+                                                                              "distill": weights["distill"]}}},
+            "teacher + all tasks": {},
+            "teacher + all tasks, no UTKFace": {"data.utkface": False}}
+
+
 def variants(sharing: bool, gradient: bool, affinity: bool) -> dict[str, dict[str, Any]]:
     """Name -> config overrides for every run of this ablation."""
     runs: dict[str, dict[str, Any]] = {f"{g} alone": {"model.tasks": tasks} for g, tasks in GROUPS.items()}
@@ -65,7 +81,9 @@ def _overrides(base: Path, extra: dict[str, Any], steps: int, epochs: int, seed:
     cfg = load_config(base)
     values: dict[str, Any] = {"train.epochs": epochs, "train.steps_per_epoch": max(1, steps // epochs),
                               "train.seed": seed, "train.checkpoint_every": 50, **extra}
-    tasks = values.get("model.tasks", list(cfg.model.tasks))
+    tasks = list(values.get("model.tasks", cfg.model.tasks))
+    if values.get("data.teacher", cfg.data.teacher):
+        tasks.append("distill")
     if "train.weighting_options" not in values and cfg.train.weighting == "static":
         weights = cfg.train.weighting_options.get("weights", {})
         values["train.weighting_options"] = {"weights": {t: w for t, w in weights.items() if t in tasks}}
@@ -173,16 +191,19 @@ def main() -> None:
     parser.add_argument("--sharing", action="store_true", help="also the sharing designs")
     parser.add_argument("--gradient", action="store_true", help="also hard sharing + PCGrad")
     parser.add_argument("--affinity", action="store_true", help="also every pair of tasks (task affinity)")
+    parser.add_argument("--distill", action="store_true",
+                        help="only the teacher's variants (base config configs/distill.toml)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants (names as listed)")
     parser.add_argument("--refine", type=int, default=0,
                         help="re-alignment passes in the evaluation (default 0: detector alignment, as the README's table)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
-    for name, extra in variants(args.sharing, args.gradient, args.affinity).items():
+    runs = distill_variants() if args.distill else variants(args.sharing, args.gradient, args.affinity)
+    for name, extra in runs.items():
         if args.only is not None and name not in args.only:
             continue
-        out = args.out / name.replace(" + ", "+").replace(" ", "_")
+        out = args.out / name.replace(" + ", "+").replace(", ", "-").replace(" ", "_")
         model = train_run(name, args.config, out, extra, args.steps, args.epochs, args.seed)
         rows[name] = evaluate_run(model, out, args.refine)
         print(f"[{name}] " + ", ".join(f"{k} {v:.2f}" for k, v in rows[name].items()), flush=True)

@@ -6,8 +6,10 @@ into the public domain by its author), shipped in the ``face_recognition_models`
 inside a box placed on the landmarks the crop table was aligned on, then its 150 px face chip. Each face
 gets two targets, of the chip and of its mirror image, so a flipped training crop learns the mirror's.
 
-Targets live beside the crop tables, in ``teacher-<table key>-<teacher>.npz`` (targets, done mask, files),
-written every few hundred faces, so a killed run resumes where it stopped. Only training tables are
+Targets live beside the crop tables, in ``teacher-<table key>-<teacher>.npz`` (targets, done mask, files and
+the points each face was aligned on), written every few hundred faces, so a killed run resumes where it
+stopped; a new table takes the targets of every face another table of the same cache already labelled on the
+same points (:func:`reuse_targets`), so changing the data mix never runs the teacher twice on a face. Only training tables are
 labelled: :func:`check_no_test_faces` refuses any face of a test split. Training and evaluation read the
 file; nothing on the inference path imports this module's teacher.
 """
@@ -130,10 +132,35 @@ def load_targets(path: Path, table: FaceTable) -> tuple[np.ndarray, np.ndarray]:
     return targets, done
 
 
-def _save(path: Path, targets: np.ndarray, done: np.ndarray, files: np.ndarray) -> None:
+def _save(path: Path, targets: np.ndarray, done: np.ndarray, table: FaceTable) -> None:
     buf = io.BytesIO()
-    np.savez(buf, targets=targets, done=done, files=files.astype(str))
+    np.savez(buf, targets=targets, done=done, files=table.files.astype(str), points=table.points)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def reuse_targets(table: FaceTable, path: Path, targets: np.ndarray, done: np.ndarray) -> int:
+    """Fill faces not yet done from the other target files of the same teacher beside ``path``, where the file
+    and its alignment points (within 0.01 px) are the same; returns how many faces were filled."""
+    named = path.name.split("-", 2)
+    if len(named) < 3 or named[0] != "teacher":
+        return 0
+    filled = 0
+    for other in sorted(path.parent.glob(f"teacher-*-{named[2]}")):
+        if other == path or done.all():
+            continue
+        try:
+            with np.load(other, allow_pickle=False) as z:
+                if "points" not in z.files:
+                    continue
+                o_targets, o_done, o_files, o_points = z["targets"], z["done"], z["files"].astype(str), z["points"]
+        except (OSError, ValueError, KeyError):
+            continue
+        _, i, j = np.intersect1d(table.files.astype(str), o_files, return_indices=True)
+        same = np.abs(o_points[j] - table.points[i]).max(axis=(1, 2)) <= 0.01
+        take = o_done[j] & ~done[i] & same
+        targets[i[take]], done[i[take]] = o_targets[j[take]], True
+        filled += int(take.sum())
+    return filled
 
 
 def held_out_files(root: Path) -> set[str]:
@@ -176,6 +203,8 @@ def compute_targets(table: FaceTable, path: Path, root: Path, workers: int = 1,
         targets, done = load_targets(path, table)
     else:
         targets, done = np.zeros((len(table), VIEWS, TARGET_DIM), np.float32), np.zeros(len(table), bool)
+    if not done.all() and reuse_targets(table, path, targets, done):
+        _save(path, targets, done, table)
     todo = np.flatnonzero(~done)
     bar = tqdm(total=len(table), initial=len(table) - len(todo), desc="teacher targets", unit="face",
                disable=not progress, dynamic_ncols=True)
@@ -191,14 +220,14 @@ def compute_targets(table: FaceTable, path: Path, root: Path, workers: int = 1,
             targets[rows], done[rows] = out, True
             bar.update(len(rows))
             if k % SAVE_EVERY == 0:
-                _save(path, targets, done, table.files)
+                _save(path, targets, done, table)
     finally:
         signal.signal(signal.SIGTERM, stop_on_term)
         signal.signal(signal.SIGINT, stop_on_int)
         if pool:
             pool.terminate()
         bar.close()
-        _save(path, targets, done, table.files)
+        _save(path, targets, done, table)
     return targets, done
 
 
