@@ -78,6 +78,13 @@ def warp_crops(image: torch.Tensor, matrices: torch.Tensor, size: int) -> torch.
     return out[0].reshape(3, n, size, size).transpose(0, 1)
 
 
+def to_photo(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map (N,K,2) crop pixels back into photo pixels through the inverse of each (2,3) photo->crop matrix:
+    the one crop -> photo mapping (landmarks, refinement, evaluation)."""
+    lin = np.linalg.inv(matrices[:, :, :2])
+    return np.einsum("nij,nkj->nki", lin, points - matrices[:, None, :, 2])
+
+
 @dataclass
 class AlignedFaces:
     """Aligned crops of one photo and the transforms that made them."""
@@ -90,8 +97,7 @@ class AlignedFaces:
 
     def to_image(self, points: np.ndarray) -> np.ndarray:
         """Map (N,K,2) crop coordinates back into photo pixels."""
-        m = invert_affine(torch.from_numpy(self.matrices))
-        return apply_affine(m, torch.as_tensor(points, dtype=torch.float64)).numpy()
+        return to_photo(self.matrices, np.asarray(points, np.float64))
 
     def to_crop(self, points: np.ndarray) -> np.ndarray:
         """Map (N,K,2) photo pixels into crop coordinates."""

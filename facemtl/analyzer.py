@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ._resources import DEFAULT_MODEL, weights_path
-from .align import align, template
+from .align import align, template, to_photo
 from .detect.detector import FaceDetector
 from .io import as_image_list
 from .device import resolve_device
@@ -225,9 +225,3 @@ def _passes(refine: Any) -> int:
     if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
         raise InvalidInputError(f"refine must be a whole number >= 0, got {refine!r}")
     return int(refine)
-
-
-def to_photo(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map (N,5,2) crop pixels back into photo pixels through the inverse of each (2,3) photo->crop matrix."""
-    lin = np.linalg.inv(matrices[:, :, :2])
-    return np.einsum("nij,nkj->nki", lin, points - matrices[:, None, :, 2])

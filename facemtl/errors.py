@@ -1,6 +1,8 @@
 """Typed errors raised by facemtl: every user-facing failure is one of these, never a raw library traceback."""
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 
 class FacemtlError(Exception):
     """Base class of every error facemtl raises on purpose."""
@@ -45,3 +47,12 @@ class OutputExistsError(FacemtlError, FileExistsError):
 
 class CheckpointError(FacemtlError):
     """A training checkpoint is corrupt, partial or does not match the run."""
+
+
+def check_mask(mask: Any, shape: Sequence[int], name: str = "mask") -> Any:
+    """``mask`` itself if it is a boolean NumPy array or torch tensor of exactly ``shape``, else an
+    :class:`InvalidInputError` (the one check behind every masked loss and masked metric)."""
+    if str(getattr(mask, "dtype", None)) not in ("bool", "torch.bool") or tuple(mask.shape) != tuple(shape):
+        raise InvalidInputError(f"{name} must be a boolean array of shape {tuple(shape)}, got "
+                                f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+    return mask

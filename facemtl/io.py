@@ -218,20 +218,29 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+EXIF_TURNS: dict[int, tuple[bool, bool, bool]] = {
+    1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
+    5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
+"""How the stored pixels of each EXIF orientation turn upright, as (swap rows and columns, then reverse the
+rows, reverse the columns): the one table behind :func:`load_image` and the images its tests store."""
+
+
 def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
     """Turn a stored HxWx3 array upright as ImageOps.exif_transpose would, without its full copy when upright."""
-    transposed = rgb.transpose(1, 0, 2)
-    upright = {
-        1: rgb,
-        2: rgb[:, ::-1],
-        3: rgb[::-1, ::-1],
-        4: rgb[::-1],
-        5: transposed,
-        6: transposed[:, ::-1],
-        7: transposed[::-1, ::-1],
-        8: transposed[::-1],
-    }[orientation]
-    return np.ascontiguousarray(upright)
+    swap, rows, cols = EXIF_TURNS[orientation]
+    out = rgb.transpose(1, 0, 2) if swap else rgb
+    out = out[::-1] if rows else out
+    out = out[:, ::-1] if cols else out
+    return np.ascontiguousarray(out)
+
+
+def stored_for_orientation(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """The HxWx3 pixels a camera stores for an ``upright`` picture under an EXIF orientation (the inverse of
+    the turn :func:`load_image` applies): how test images of every orientation are made."""
+    swap, rows, cols = EXIF_TURNS[orientation]
+    out = upright[:, ::-1] if cols else upright
+    out = out[::-1] if rows else out
+    return np.ascontiguousarray(out.transpose(1, 0, 2) if swap else out)
 
 
 _ARRAY_DTYPES = "uint8, uint16, bool, float16/32/64 in [0, 1] or integers in [0, 255]"

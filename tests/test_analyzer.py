@@ -62,7 +62,7 @@ def test_a_face_whose_prediction_cannot_be_aligned_on_keeps_its_alignment(analyz
         return analyzer._align([image], [0, 0, 0], points)
 
     analyzer.refined(realign, CropOutputs(landmarks=broken), matrices, passes=1)
-    from facemtl.analyzer import to_photo
+    from facemtl.align import to_photo
     from facemtl.align import template
     kept = to_photo(matrices[1:], np.broadcast_to(template(analyzer.input_size), (2, 5, 2)))
     np.testing.assert_allclose(seen[0][1:], kept)

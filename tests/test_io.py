@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from facemtl.errors import ImageDecodeError, InvalidInputError
-from facemtl.io import iter_image_files, load_image
+from facemtl.io import iter_image_files, load_image, stored_for_orientation
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -216,22 +216,8 @@ def test_other_pil_modes_convert(mode: str) -> None:
 
 # ---------------------------------------------------------------- EXIF orientation
 
-# Stored pixels for orientation k are the upright picture put through the inverse of the viewer's transpose.
-_STORE = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
-
 def _with_orientation(tmp_path: Path, upright: Image.Image, orientation: int, name: str, **options: object) -> Path:
-    method = _STORE[orientation]
-    stored = upright if method is None else upright.transpose(method)
+    stored = Image.fromarray(stored_for_orientation(np.asarray(upright), orientation))
     exif = Image.Exif()
     exif[0x0112] = orientation
     return save(tmp_path, stored, name, exif=exif, **options)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -384,3 +385,16 @@ def test_age_loss_is_smallest_at_the_true_age_and_ignores_masked_faces():
     assert float(loss.detach()) == pytest.approx(at, rel=1e-6) and torch.equal(logits.grad[1], torch.zeros(101))
     assert float(age_loss(peaked(100), torch.tensor([116.0]), mask)) == pytest.approx(
         float(age_loss(peaked(100), torch.tensor([100.0]), mask)))                 # ages past the last year clip
+
+
+@pytest.mark.parametrize("bad", [torch.ones(4), torch.ones(3, dtype=torch.bool), [True] * 4])
+def test_every_masked_loss_and_metric_refuses_the_same_bad_masks(bad) -> None:
+    from facemtl.evaluate.attributes import classification_accuracy
+    logits, labels = torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(InvalidInputError, match="mask must be a boolean array of shape"):
+        masked_cross_entropy(logits, labels, bad)
+    with pytest.raises(InvalidInputError, match="mask must be a boolean array of shape"):
+        attribute_loss(logits, torch.zeros(4, 3), bad)
+    if isinstance(bad, torch.Tensor):                                     # a list is a fine NumPy mask
+        with pytest.raises(InvalidInputError, match="mask must be a boolean array of shape"):
+            classification_accuracy(np.zeros(4), np.zeros(4), bad.numpy())

@@ -64,3 +64,14 @@ def test_links_of_the_readme_and_docs_resolve() -> None:
                 elif anchor and path.suffix == ".md" and anchor not in anchors(path):
                     broken.append(f"{doc.relative_to(ROOT)}:{n}: {target} (no such heading)")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+TOOL = re.compile(r"\b((?:tools|configs)/[\w./-]+\.(?:py|toml))")
+
+
+def test_the_tools_and_configs_the_text_names_exist() -> None:
+    missing = [f"{path.relative_to(ROOT)}: {name}"
+               for path in text_files()
+               for name in TOOL.findall(path.read_text(encoding="utf-8"))
+               if not (ROOT / name).is_file()]
+    assert not missing, "the text names files that do not exist:\n" + "\n".join(missing)

@@ -17,25 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facemtl.io import EXIF_TURNS, stored_for_orientation
+
 SEED = 20240611
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "tests" / "corpus"
 MAX_TOTAL_BYTES = 400_000
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
-
-# For EXIF orientation k, the stored pixels are the upright picture put through the inverse of the transpose a
-# viewer applies; load_image must undo it.
-_STORE_FOR_ORIENTATION = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     """Encode `image` with Pillow into bytes."""
@@ -141,8 +129,8 @@ def build(rng: np.random.Generator) -> dict[str, tuple[bytes, dict]]:
 
     # EXIF orientation 1..8: each decodes to the same upright quadrant picture (48 rows x 64 columns).
     upright = quadrants(48, 64)
-    for orientation, method in _STORE_FOR_ORIENTATION.items():
-        stored = upright if method is None else upright.transpose(method)
+    for orientation in EXIF_TURNS:
+        stored = Image.fromarray(stored_for_orientation(np.asarray(upright), orientation))
         exif = Image.Exif()
         exif[0x0112] = orientation
         ok(f"exif_orientation_{orientation}.jpg", encode(stored, "JPEG", quality=90, exif=exif), (48, 64),

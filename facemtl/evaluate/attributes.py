@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from facemtl.errors import InvalidInputError
+from facemtl.errors import InvalidInputError, check_mask
 
 
 def _ratio(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -79,12 +79,7 @@ def attribute_accuracy(
     names = tuple(names)
     if len(names) != p.shape[1]:
         raise InvalidInputError(f"{len(names)} names given for {p.shape[1]} attributes")
-    if mask is None:
-        m = np.ones(p.shape, dtype=bool)
-    else:
-        m = np.asarray(mask)
-        if m.shape != p.shape or m.dtype != np.bool_:
-            raise InvalidInputError(f"mask must be a boolean array of shape {p.shape}, got {m.dtype} {m.shape}")
+    m = np.ones(p.shape, dtype=bool) if mask is None else check_mask(np.asarray(mask), p.shape)
     if not np.isin(t[m], (0.0, 1.0)).all():
         raise InvalidInputError("targets must be 0 or 1 wherever the mask is True")
     if np.isnan(p[m]).any():
@@ -129,12 +124,7 @@ def classification_accuracy(pred_labels: ArrayLike, labels: ArrayLike, mask: Arr
         pred = pred.argmax(axis=1)
     if pred.ndim != 1 or y.shape != pred.shape:
         raise InvalidInputError(f"pred_labels and labels must describe the same N samples, got {pred.shape}, {y.shape}")
-    if mask is None:
-        m = np.ones(y.shape, dtype=bool)
-    else:
-        m = np.asarray(mask)
-        if m.shape != y.shape or m.dtype != np.bool_:
-            raise InvalidInputError(f"mask must be a boolean array of shape {y.shape}, got {m.dtype} {m.shape}")
+    m = np.ones(y.shape, dtype=bool) if mask is None else check_mask(np.asarray(mask), y.shape)
     if not m.any():
         return math.nan
     return float(np.mean(pred[m] == y[m]))

@@ -17,16 +17,16 @@ average in that set (mean relative landmarks; no label is used), and counted in 
 from __future__ import annotations
 
 import hashlib
-
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from ..align import align
-from ..analyzer import CropOutputs, FaceAnalyzer, to_photo
+from ..align import align, to_photo
+from ..analyzer import CropOutputs, FaceAnalyzer
 from ..data.celeba import read_celeba
 from ..data.folders import read_person_folders
 from ..data.landmark_cache import CachedFace, cached_detections, default_cache_dir
@@ -111,7 +111,6 @@ def _mean_relative(paths: Sequence[Path], chosen: Sequence[CachedFace | None]) -
     rel = []
     for p, f in zip(paths, chosen):
         if f is not None:
-            from PIL import Image
             with Image.open(p) as im:
                 rel.append(f.landmarks / np.array(im.size, np.float32))
     return np.mean(rel, axis=0)

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, check_mask
 from ..model.multitask import ModelConfig
 
 __all__ = [
@@ -33,14 +33,6 @@ __all__ = [
     "distill_loss",
     "age_loss",
 ]
-
-
-def _check_mask(mask: torch.Tensor, n: int, name: str = "mask") -> torch.Tensor:
-    if mask.dtype != torch.bool:
-        raise InvalidInputError(f"{name} must be a bool tensor, got {mask.dtype}")
-    if mask.dim() != 1 or mask.shape[0] != n:
-        raise InvalidInputError(f"{name} must have shape ({n},), got {tuple(mask.shape)}")
-    return mask
 
 
 def _empty_zero(selected: torch.Tensor) -> torch.Tensor:
@@ -59,7 +51,7 @@ def masked_cross_entropy(
         raise InvalidInputError(
             f"logits (N,C) and labels (N,) expected, got {tuple(logits.shape)}, {tuple(labels.shape)}"
         )
-    _check_mask(mask, logits.shape[0])
+    check_mask(mask, (logits.shape[0],))
     sel_logits = logits[mask].float()
     if sel_logits.shape[0] == 0:
         return _empty_zero(sel_logits)
@@ -107,7 +99,7 @@ def _pair_masks(identities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 def pair_counts(identities: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
     """Numbers of (same-identity, different-identity) pairs i < j among the valid samples, for logging."""
-    _check_mask(mask, identities.shape[0])
+    check_mask(mask, (identities.shape[0],))
     ids = identities[mask]
     n = int(ids.shape[0])
     if n < 2:
@@ -135,7 +127,7 @@ def contrastive_loss(
         raise InvalidInputError(
             f"embeddings (N,D) and identities (N,) expected, got {tuple(embeddings.shape)}, {tuple(identities.shape)}"
         )
-    _check_mask(mask, embeddings.shape[0])
+    check_mask(mask, (embeddings.shape[0],))
     emb = embeddings[mask].float()
     ids = identities[mask]
     if emb.shape[0] < 2:
@@ -175,7 +167,7 @@ def landmark_loss(
         raise InvalidInputError(
             f"pred and target must have the same (N, ...) shape, got {tuple(pred.shape)}, {tuple(target.shape)}"
         )
-    _check_mask(mask, pred.shape[0])
+    check_mask(mask, (pred.shape[0],))
     p = pred[mask].float()
     if p.shape[0] == 0:
         return _empty_zero(p)
@@ -205,12 +197,9 @@ def attribute_loss(
         raise InvalidInputError(
             f"logits and targets must both be (N,A), got {tuple(logits.shape)}, {tuple(targets.shape)}"
         )
-    if mask.dtype != torch.bool:
-        raise InvalidInputError(f"mask must be a bool tensor, got {mask.dtype}")
-    if mask.shape == logits.shape[:1]:
+    if isinstance(mask, torch.Tensor) and mask.shape == logits.shape[:1]:
         mask = mask.unsqueeze(1).expand_as(logits)
-    elif mask.shape != logits.shape:
-        raise InvalidInputError(f"mask must be (N,A) or (N,), got {tuple(mask.shape)} for logits {tuple(logits.shape)}")
+    check_mask(mask, logits.shape)
     sel = logits[mask].float()
     if sel.shape[0] == 0:
         return _empty_zero(sel)
@@ -233,7 +222,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     if student.dim() != 2 or teacher.shape != student.shape:
         raise InvalidInputError(f"student and teacher must both be (N,D), got {tuple(student.shape)}, "
                                 f"{tuple(teacher.shape)}")
-    _check_mask(mask, student.shape[0])
+    check_mask(mask, (student.shape[0],))
     s, t = student[mask].float(), teacher[mask].float()
     if s.shape[0] == 0:
         return _empty_zero(s)
@@ -255,7 +244,7 @@ def age_loss(logits: torch.Tensor, ages: torch.Tensor, mask: torch.Tensor, sigma
     """
     if logits.dim() != 2 or ages.shape != logits.shape[:1]:
         raise InvalidInputError(f"logits (N,K) and ages (N,) expected, got {tuple(logits.shape)}, {tuple(ages.shape)}")
-    _check_mask(mask, logits.shape[0])
+    check_mask(mask, (logits.shape[0],))
     sel = logits[mask].float()
     if sel.shape[0] == 0:
         return _empty_zero(sel)

@@ -40,8 +40,9 @@ WEIGHTINGS: Registry[type["TaskWeighting"]] = Registry("task weighting")
 class TaskWeighting(nn.Module):
     """Base class: combines ``{task: scalar loss}`` into a total loss.
 
-    Subclasses implement :meth:`forward` and :meth:`weights`; :meth:`epoch_end` is a hook called once per
-    epoch with the epoch's average training losses (a no-op unless the strategy needs it).
+    Subclasses implement :meth:`combine` (the losses of the tasks present in a step, never none) and
+    :meth:`weights`; :meth:`epoch_end` is a hook called once per epoch with the epoch's average training
+    losses (a no-op unless the strategy needs it).
     """
 
     def __init__(self, tasks: Sequence[str]) -> None:
@@ -69,6 +70,15 @@ class TaskWeighting(nn.Module):
     def forward(
         self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter] | None = None
     ) -> torch.Tensor:
+        """The total of one step: the configured tasks present in ``losses`` combined, or a harmless zero."""
+        present = self._present(losses)
+        if not present:
+            return self._no_loss()
+        return self.combine(losses, present, shared_parameters)
+
+    def combine(self, losses: Mapping[str, torch.Tensor], present: list[str],
+                shared_parameters: Sequence[nn.Parameter] | None) -> torch.Tensor:
+        """The total of the ``present`` tasks' losses (at least one, in configuration order)."""
         raise NotImplementedError
 
     def weights(self) -> dict[str, float]:
@@ -82,12 +92,8 @@ class TaskWeighting(nn.Module):
 class _BufferWeights(TaskWeighting):
     """A weighted sum with the weights held in the buffer ``w`` (one per task, in ``tasks`` order)."""
 
-    def forward(
-        self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter] | None = None
-    ) -> torch.Tensor:
-        present = self._present(losses)
-        if not present:
-            return self._no_loss()
+    def combine(self, losses: Mapping[str, torch.Tensor], present: list[str],
+                shared_parameters: Sequence[nn.Parameter] | None) -> torch.Tensor:
         return sum(float(self.w[self._index[t]]) * losses[t] for t in present)
 
     def weights(self) -> dict[str, float]:
@@ -122,12 +128,8 @@ class UncertaintyWeighting(TaskWeighting):
         super().__init__(tasks)
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))
 
-    def forward(
-        self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter] | None = None
-    ) -> torch.Tensor:
-        present = self._present(losses)
-        if not present:
-            return self._no_loss()
+    def combine(self, losses: Mapping[str, torch.Tensor], present: list[str],
+                shared_parameters: Sequence[nn.Parameter] | None) -> torch.Tensor:
         total = None
         for t in present:
             s = self.log_vars[self._index[t]]
@@ -194,12 +196,8 @@ class GradNorm(TaskWeighting):
         self.register_buffer("adam_step", torch.zeros(k, dtype=torch.long))
         self.last_grad_norms: dict[str, float] = {}
 
-    def forward(
-        self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter] | None = None
-    ) -> torch.Tensor:
-        present = self._present(losses)
-        if not present:
-            return self._no_loss()
+    def combine(self, losses: Mapping[str, torch.Tensor], present: list[str],
+                shared_parameters: Sequence[nn.Parameter] | None) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled()):
             # evaluation: weight the losses, leave the weights alone
             return sum(float(self.w[self._index[t]]) * losses[t] for t in present)
