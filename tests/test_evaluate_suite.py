@@ -101,3 +101,15 @@ def test_refinement_brings_the_shipped_models_landmarks_closer(data_dir: Path, t
         figures[passes] = headline(results)
     assert figures[1]["mtfl_nme_%"] < figures[0]["mtfl_nme_%"] - 0.2
     assert figures[1]["mtfl_failure_%"] < figures[0]["mtfl_failure_%"]
+
+
+def test_gallery_part_enrolls_unseen_people_and_identifies_their_other_photos(data_dir: Path) -> None:
+    from facemtl.evaluate.gallery import evaluate_gallery
+    shipped = FaceAnalyzer(device="cpu")
+    found = evaluate_gallery(shipped, data_dir, people=5, enroll=3, limit=8)
+    assert found["people"] == 5 and found["queries"] == 25
+    assert found["top1_accuracy"] <= found["top5_accuracy"] == 1.0 - found["queries_without_face"] / 25
+    assert found["top1_accuracy"] >= 0.6                                  # 5 people: chance is 0.2
+    assert found["top1_above_threshold_accuracy"] <= found["top1_accuracy"]
+    figures = headline(evaluate_model(shipped, data_dir, parts=["gallery"], limit=4))
+    assert set(figures) == {"gallery_top1_%", "gallery_top5_%"}

@@ -14,7 +14,7 @@ facemtl alone; prints the time (wall clock, and CPU time summed over threads, wh
 more) and the memory peak (numpy's allocations traced by tracemalloc, and the process's maximum resident
 size), the scale check for large photo collections.
 
-    python tools/bench_cluster.py [--cache /tmp/wild.npz] [--threads 1]
+    python tools/bench_cluster.py [--cache /tmp/wild.npz] [--threads 1] [--model RUN/model.pt]
     python tools/bench_cluster.py --synthetic 100000 [--people 5000] [--noise 0.8]
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def wild_faces(data: Path, threads: int) -> dict[str, np.ndarray]:
+def wild_faces(data: Path, threads: int, model: str | None = None) -> dict[str, np.ndarray]:
     """Largest face of every celeba_wild test photo: facemtl embedding, dlib descriptor, person, file."""
     import torch
 
@@ -79,7 +79,7 @@ def wild_faces(data: Path, threads: int) -> dict[str, np.ndarray]:
     from facemtl.train.teacher import DlibTeacher
 
     torch.set_num_threads(threads)
-    analyzer = FaceAnalyzer(device="cpu")
+    analyzer = FaceAnalyzer(model=model, device="cpu")
     teacher = DlibTeacher()
     files = collect_files([data / "celeba_wild" / "test"])
     keep, ours, theirs = [], [], []
@@ -109,7 +109,7 @@ def real(args: argparse.Namespace) -> None:
         faces = dict(np.load(args.cache))
     else:
         from facemtl.data import data_root
-        faces = wild_faces(args.data or data_root(), args.threads)
+        faces = wild_faces(args.data or data_root(), args.threads, args.model)
         if args.cache:
             np.savez(args.cache, **faces)
     truth, ours, theirs = faces["person"], faces["facemtl"], unit(faces["dlib"])
@@ -160,7 +160,9 @@ def synthetic(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="data folder (default $FACEMTL_DATA or ../shared/data)")
-    parser.add_argument("--cache", type=Path, default=None, help=".npz keeping the faces' embeddings between runs")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help=".npz keeping the faces' embeddings between runs (one per model)")
+    parser.add_argument("--model", default=None, help="facemtl model file (default: the shipped model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for detection and the CNN")
     parser.add_argument("--k", type=int, nargs="+", default=[10, 20, 32], help="neighbours per face to try")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="cluster N synthetic embeddings")

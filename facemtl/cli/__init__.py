@@ -210,8 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data folder (default $FACEMTL_DATA or ../shared/data)")
     p.add_argument("--out", type=Path, default=None, help="folder for evaluation.json and the plots")
     parts = ("celeba", "wild", "mtfl", "utkface")
-    p.add_argument("--parts", nargs="+", choices=parts, default=list(parts),
-                   help="protocols to run (utkface: age and gender by group; skipped where UTKFace is not staged)")
+    p.add_argument("--parts", nargs="+", choices=[*parts, "gallery"], default=list(parts),
+                   help="protocols to run (default: all but gallery; utkface: age and gender by group, skipped where "
+                        "UTKFace is not staged; gallery: enroll 5 photos of 20 unseen CelebA people, identify "
+                        "their other photos)")
     p.add_argument("--cache", type=Path, default=None, help="detection cache folder")
     p.add_argument("--no-flip", action="store_true", help="do not average with the mirrored face")
     _refine(p)

@@ -37,12 +37,16 @@ from ..io import load_image
 from ..types import POSE_NAMES, largest
 from . import plots
 from .attributes import attribute_accuracy
+from .gallery import evaluate_gallery
 from .groups import error_by_age, group_table
 from .landmarks import landmark_errors, landmark_metrics, landmark_point_errors
 from .verification import (cosine_scores, make_identity_pairs, roc, verification_accuracy,
                            verification_accuracy_with_failures)
 
 PARTS = ("celeba", "wild", "mtfl", "utkface")
+"""The protocols a plain ``facemtl evaluate`` runs (the model card's figures)."""
+EXTRA_PARTS = ("gallery",)
+"""Protocols run only when named: ``gallery`` (enroll / identify unseen CelebA people, :mod:`.gallery`)."""
 MTFL_LABELS = {"gender": "male", "smile": "smiling", "glasses": "eyeglasses"}
 """MTFL's attributes by name: the reader's field (1 = male / smiling / glasses); ``MTFL_ATTRIBUTES`` names the
 CelebA attribute that predicts each."""
@@ -280,7 +284,8 @@ def evaluate_model(analyzer: FaceAnalyzer, root: Path, cache_dir: Path | None = 
     """
     cache = default_cache_dir(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl, "utkface": evaluate_utkface}
+    runners = {"celeba": evaluate_celeba, "wild": evaluate_wild, "mtfl": evaluate_mtfl, "utkface": evaluate_utkface,
+               "gallery": lambda analyzer, root, _cache, limit: evaluate_gallery(analyzer, root, limit=limit)}
     results: dict[str, Any] = {"model": analyzer.model_id, "flip_averaging": analyzer.flip,
                                "refine_passes": analyzer.refine}
     for part in parts:
@@ -374,6 +379,9 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
         h["utkface_age_mae_years"] = utk["age_mae"]
     if "gender_accuracy" in utk:
         h["utkface_gender_%"] = 100.0 * utk["gender_accuracy"]
+    if "gallery" in results:
+        h["gallery_top1_%"] = 100.0 * results["gallery"]["top1_accuracy"]
+        h["gallery_top5_%"] = 100.0 * results["gallery"]["top5_accuracy"]
     if "verification_accuracy" in results.get("wild", {}):
         h["wild_verif_%"] = 100.0 * results["wild"]["verification_accuracy"]
         h["wild_tar@far1e-2_%"] = 100.0 * results["wild"]["verification_scored_pairs"]["tar_at_far_1e-2"]
