@@ -24,7 +24,7 @@ from .detect.detector import FaceDetector
 from .io import as_image_list
 from .device import resolve_device
 from .errors import InvalidInputError
-from .model.heads import expected_age
+from .model.heads import attribute_probabilities, expected_age
 from .model.multitask import MultiTaskNet, load_model
 from .types import DEFAULT_MIN_FACE, FLIP_PERMUTATION, Detection, Face, largest
 
@@ -170,7 +170,7 @@ class FaceAnalyzer:
         return CropOutputs(
             embedding=res.get("embedding"),
             landmarks=res.get("landmarks"),
-            attributes=None if "attributes" not in res else 1.0 / (1.0 + np.exp(-res["attributes"])),
+            attributes=None if "attributes" not in res else attribute_probabilities(res["attributes"]),
             pose=None if "pose" not in res else _softmax(res["pose"]),
             identity=res.get("identity"),
             age=None if "age" not in res else expected_age(torch.from_numpy(res["age"])).numpy(),

@@ -398,3 +398,20 @@ def test_every_masked_loss_and_metric_refuses_the_same_bad_masks(bad) -> None:
     if isinstance(bad, torch.Tensor):                                     # a list is a fine NumPy mask
         with pytest.raises(InvalidInputError, match="mask must be a boolean array of shape"):
             classification_accuracy(np.zeros(4), np.zeros(4), bad.numpy())
+
+
+def test_keep_loss_is_zero_on_the_old_outputs_and_grows_away_from_them() -> None:
+    from facemtl.train.losses import keep_loss
+    g = torch.Generator().manual_seed(0)
+    old = {"landmarks": torch.rand(4, 5, 2, generator=g) * 64, "attributes": torch.randn(4, 40, generator=g),
+           "pose": torch.randn(4, 5, generator=g), "embedding": torch.randn(4, 8, generator=g)}
+    assert float(keep_loss(dict(old), old)) == pytest.approx(0.0, abs=1e-6)
+    moved = {k: (v + torch.linspace(0, 3, v.shape[-1])).requires_grad_() for k, v in old.items() if k != "embedding"}
+    loss = keep_loss(moved, old)
+    assert float(loss.detach()) > 0.01
+    loss.backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in moved.values())
+    only = keep_loss({"landmarks": moved["landmarks"]}, old)           # a head missing on one side is left out
+    assert float(only.detach()) == pytest.approx(3.0 ** 2 / 2, rel=1e-4)  # x moves 0 px, y 3 px: mean of 0 and 9
+    with pytest.raises(InvalidInputError, match="keep_loss"):
+        keep_loss({"embedding": old["embedding"]}, old)

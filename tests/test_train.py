@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from facemtl.analyzer import FaceAnalyzer
 from facemtl.errors import CheckpointError, ConfigError, WeightsError
 from facemtl.model.multitask import load_model
 from facemtl.serialization import load_file
@@ -304,3 +305,34 @@ def test_torchrun_two_processes_with_gloo(tmp_path: Path, data_dir: Path, table_
     run = tmp_path / "ddp"
     assert (run / "model.pt").is_file() and (run / "log.csv").is_file()
     assert load_file(run / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)["world"] == 2
+
+
+def test_keep_init_holds_the_heads_near_the_model_it_started_from(tmp_path: Path, data_dir: Path,
+                                                                     table_cache: Path) -> None:
+    config = write_config(tmp_path / "k.toml", tmp_path / "k", data_dir, table_cache)
+    with pytest.raises(ConfigError, match="keep_init needs train.init"):
+        load_config(config, {"train.keep_init": True})
+    shipped = FaceAnalyzer(device="cpu").model.eval()
+    like_shipped = {"model.width": 1.0, "model.feature_dim": 256, "model.embedding_dim": 128,
+                    "model.identity_margin": 0.3, "model.identity_from": "embedding", "train.init": "shipped",
+                    "train.lr": 0.05, "train.epochs": 1, "train.steps_per_epoch": 10}
+    drift = {}
+    for keep in (False, True):          # recognition alone reshapes the shared network; the heads get no labels
+        weights = {"landmarks": 0.0, "attributes": 0.0, "pose": 0.0, **({"keep": 1.0} if keep else {})}
+        trainer = Trainer(load_config(config, {**like_shipped, "out_dir": str(tmp_path / f"keep-{keep}"),
+                                               "train.keep_init": keep,
+                                               "train.weighting_options": {"weights": weights}}))
+        trainer.run()
+        if keep:
+            assert trainer.kept == ["landmarks", "attributes", "pose"]
+            theirs = dict(shipped.named_parameters())
+            held = {n: p for n, p in trainer.keeper.named_parameters() if not n.startswith(("heads.identity",
+                                                                                              "heads.embedding"))}
+            assert held and all(torch.equal(p, theirs[n]) for n, p in held.items())   # frozen: the init model
+            assert "loss_keep" in (tmp_path / "keep-True" / "log.csv").read_text().splitlines()[0]
+        images = torch.from_numpy(np.stack([trainer.dataset[i][0] for i in range(32)])).float()
+        with torch.no_grad():
+            before, after = shipped(images), trainer.model.eval()(images)
+        drift[keep] = (float((after["landmarks"] - before["landmarks"]).abs().mean()),
+                       float((after["attributes"].sigmoid() - before["attributes"].sigmoid()).abs().mean()))
+    assert drift[True][0] < 0.75 * drift[False][0] and drift[True][1] < 0.75 * drift[False][1], drift

@@ -84,6 +84,8 @@ def _overrides(base: Path, extra: dict[str, Any], steps: int, epochs: int, seed:
     tasks = list(values.get("model.tasks", cfg.model.tasks))
     if values.get("data.teacher", cfg.data.teacher):
         tasks.append("distill")
+    if values.get("train.keep_init", cfg.train.keep_init):
+        tasks.append("keep")
     if "train.weighting_options" not in values and cfg.train.weighting == "static":
         weights = cfg.train.weighting_options.get("weights", {})
         values["train.weighting_options"] = {"weights": {t: w for t, w in weights.items() if t in tasks}}

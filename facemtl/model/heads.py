@@ -93,6 +93,12 @@ class LandmarkHead(nn.Module):
         return self.template + self.fc(x).view(-1, 5, 2)
 
 
+def attribute_probabilities(logits: np.ndarray) -> np.ndarray:
+    """The sigmoid of (N,A) attribute logits; an extreme logit gives 0 or 1 without an overflow warning."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
 def expected_age(logits: torch.Tensor) -> torch.Tensor:
     """Age in years from the age head's logits over whole years 0..K-1: the distribution's expected value."""
     years = torch.arange(logits.shape[-1], dtype=torch.float32, device=logits.device)

@@ -71,6 +71,10 @@ class OptimConfig:
     init: str = ""
     """A model file to start from, or "shipped" (fine-tuning; ``facemtl.model.transfer``): its shared network
     must fit [model]; heads are copied where they still mean the same. Empty: random initialisation."""
+    keep_init: bool = False
+    """Learning without forgetting (Li & Hoiem, 2016): the task ``keep`` holds the landmark, attribute and pose
+    outputs near those of the frozen ``init`` model on every training crop, so a fine-tune that reshapes the
+    shared network (a teacher, new data) does not lose what the heads knew. Needs ``init``."""
     checkpoint_every: int = 100
     steps_per_epoch: int = 0
     """0 = a full pass over the identity data; otherwise a fixed number of steps (quick runs, ablations)."""
@@ -194,6 +198,7 @@ def _validate(cfg: RunConfig) -> None:
         (cfg.data.mtfl_verification in ("views", "negatives", "off"),
          "data.mtfl_verification must be 'views', 'negatives' or 'off'"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (not t.keep_init or bool(t.init), "train.keep_init needs train.init (the model whose outputs to keep)"),
         (cfg.data.celeba or cfg.data.wild or cfg.data.mtfl or cfg.data.utkface, "data: select at least one dataset"),
         (cfg.data.teacher in ("", "dlib_face_recognition_resnet_model_v1"),
          "data.teacher must be '' or 'dlib_face_recognition_resnet_model_v1'"),

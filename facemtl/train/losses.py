@@ -31,6 +31,7 @@ __all__ = [
     "landmark_loss",
     "attribute_loss",
     "distill_loss",
+    "keep_loss",
     "age_loss",
 ]
 
@@ -232,6 +233,31 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
         off = ~torch.eye(n, dtype=torch.bool, device=s.device)
         loss = loss + relation_weight * ((s @ s.t() - t @ t.t())[off] ** 2).mean()
     return loss
+
+
+KEPT_OUTPUTS = ("landmarks", "attributes", "pose")
+"""The outputs :func:`keep_loss` holds near the frozen model's."""
+
+
+def keep_loss(out: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Learning without forgetting: the mean squared landmark difference in crop pixels, plus the KL
+    divergence of the attribute probabilities (summed over the attributes) and of the pose distribution from
+    the old model's, averaged over every face of the batch (each term where both models have that output; 0
+    when the outputs are the old ones)."""
+    terms = []
+    if "landmarks" in out and "landmarks" in old:
+        terms.append(((out["landmarks"].float() - old["landmarks"].float()) ** 2).mean())
+    if "attributes" in out and "attributes" in old:
+        logits, target = out["attributes"].float(), torch.sigmoid(old["attributes"].float())
+        kl = (F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+              - F.binary_cross_entropy_with_logits(old["attributes"].float(), target, reduction="none"))
+        terms.append(kl.sum(1).mean())
+    if "pose" in out and "pose" in old:
+        terms.append(F.kl_div(F.log_softmax(out["pose"].float(), 1), F.log_softmax(old["pose"].float(), 1),
+                              reduction="batchmean", log_target=True))
+    if not terms:
+        raise InvalidInputError(f"keep_loss: none of {KEPT_OUTPUTS} is in both models' outputs")
+    return torch.stack(terms).sum()
 
 
 def age_loss(logits: torch.Tensor, ages: torch.Tensor, mask: torch.Tensor, sigma: float = 2.0,

@@ -41,7 +41,7 @@ from ..model.transfer import Transfer, init_from
 from ..serialization import atomic_write_bytes, load_file, save_file
 from .weighting import TaskEarlyStopping, build_weighting
 from .config import RunConfig
-from .losses import task_losses
+from .losses import KEPT_OUTPUTS, keep_loss, task_losses
 from .teacher import training_targets
 from .validation import ValidationSet, validate
 
@@ -188,7 +188,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)   # here, not earlier: building the tables may draw from torch's RNG
         self.model = MultiTaskNet(mcfg).to(self.device)
         self.init_record: dict[str, Any] | None = None
-        tasks = [*mcfg.tasks, *(["distill"] if cfg.data.teacher else [])]
+        tasks = [*mcfg.tasks, *(["distill"] if cfg.data.teacher else []), *(["keep"] if cfg.train.keep_init else [])]
         self.weighting = build_weighting(cfg.train.weighting, tasks, **cfg.train.weighting_options).to(self.device)
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
         special = self.model.sharing.special_parameters()
@@ -321,6 +321,21 @@ class Trainer:
         self.init_record = transfer.to_dict()
         return transfer
 
+    def _set_keeper(self) -> None:
+        """The frozen init model whose landmark, attribute and pose outputs the ``keep`` task holds (only the
+        heads it really had: a head left fresh by the transfer has nothing to keep)."""
+        keeper = MultiTaskNet(self.cfg.model).to(self.device)
+        fresh = init_from(keeper, self.cfg.train.init, self.table.identity_names).fresh
+        self.kept = [h for h in KEPT_OUTPUTS if h in self.cfg.model.tasks
+                     and not any(name.startswith(f"heads.{h}.") for name in fresh)]
+        if not self.kept:
+            raise ConfigError(f"train.keep_init: {self.cfg.train.init} has none of {KEPT_OUTPUTS} to keep")
+        keeper.requires_grad_(False).train()           # batch statistics, as the student's: equal at the start,
+        for module in keeper.modules():                   # but without dropout, so the targets are not noisy
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+        self.keeper = keeper.to(memory_format=torch.channels_last)
+
     # ---------------------------------------------------------------- training
     def run(self) -> Path:
         """Train to the configured number of epochs; returns the final model path."""
@@ -329,6 +344,8 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
         resumed = self.resume()
         transfer = None if resumed or not self.cfg.train.init else self._start_from(self.cfg.train.init)
+        if self.cfg.train.keep_init:
+            self._set_keeper()
         if self.main:
             print(f"facemtl train: {len(self.train_idx)} training samples "
                   f"({', '.join(f'{SOURCES[s]} {int((self.table.source[self.train_idx] == s).sum())}' for s in range(len(SOURCES)) if (self.table.source == s).any())}), "
@@ -404,6 +421,10 @@ class Trainer:
             out = self.net(images)
         losses = task_losses(out, tg, self.model.config, self.cfg.train.verification_margin,
                              self.cfg.train.landmark_loss)
+        if self.cfg.train.keep_init:
+            with torch.no_grad(), autocast:
+                old = self.keeper(images)
+            losses["keep"] = keep_loss({k: out[k] for k in self.kept}, old)
         extra = self.model.sharing.extra_losses()
         if self.stopper:
             stopped = self.stopper.stopped

@@ -19,7 +19,7 @@ from ..data.mixed import MultiTaskDataset, collate
 from ..evaluate.attributes import attribute_accuracy
 from ..evaluate.landmarks import landmark_errors
 from ..evaluate.verification import cosine_scores, make_identity_pairs, verification_accuracy
-from ..model.heads import expected_age
+from ..model.heads import attribute_probabilities, expected_age
 from ..model.multitask import MultiTaskNet
 from .losses import task_losses
 
@@ -83,7 +83,7 @@ def validate(model: MultiTaskNet, sets: dict[str, ValidationSet], device: torch.
     if "attributes" in tasks and "attributes" in sets:
         out, tg, ls = predict(model, sets["attributes"], device, margin=margin)
         names = list(model.config.attribute_names)
-        probs = 1.0 / (1.0 + np.exp(-out["attributes"]))
+        probs = attribute_probabilities(out["attributes"])
         res = attribute_accuracy(probs, tg["attributes"], names, mask=tg["attr_mask"])
         metrics["attributes_acc"] = float(res.mean_accuracy)
         losses["attributes"] = ls["attributes"]
