@@ -6,15 +6,25 @@ from pathlib import Path
 _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def weights_dir() -> Path:
-    """Folder of the shipped weights: ``facemtl/weights`` when installed, else ``<checkout>/weights``.
+def _packaged(name: str, pattern: str, checkout: str) -> Path:
+    """``facemtl/<name>`` when installed (it holds files matching ``pattern``), else that folder of the checkout.
 
     Found by file location, not ``importlib.resources``: the folder has no ``__init__.py``, and for such a
     namespace package Python 3.11 returns a MultiplexedPath whose ``str`` is no path."""
-    installed = Path(__file__).resolve().parent / "weights"
-    if installed.is_dir() and any(installed.glob("*.pt")):
+    installed = Path(__file__).resolve().parent / name
+    if installed.is_dir() and any(installed.glob(pattern)):
         return installed
-    return _CHECKOUT_ROOT / "weights"
+    return _CHECKOUT_ROOT / checkout
+
+
+def splits_dir() -> Path:
+    """Folder of the committed dataset splits: ``facemtl/splits`` when installed, else ``<checkout>/configs/splits``."""
+    return _packaged("splits", "*.csv", "configs/splits")
+
+
+def weights_dir() -> Path:
+    """Folder of the shipped weights: ``facemtl/weights`` when installed, else ``<checkout>/weights``."""
+    return _packaged("weights", "*.pt", "weights")
 
 
 DEFAULT_MODEL = "facemtl-deepid2.pt"

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .._resources import splits_dir
 from ..errors import DatasetError
 
 UTKFACE_RACES: tuple[str, ...] = ("White", "Black", "Asian", "Indian", "Others")
 """UTKFace's race groups, used to measure per group only: never predicted or output."""
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-SPLIT_FILE = Path(__file__).resolve().parent.parent.parent / "configs" / "splits" / "utkface.csv"
+SPLIT_FILE = splits_dir() / "utkface.csv"
+"""The committed split (``configs/splits/utkface.csv``, installed with the package)."""
 
 
 @dataclass(frozen=True)
