@@ -78,15 +78,11 @@ def variants(sharing: bool, gradient: bool, affinity: bool) -> dict[str, dict[st
 
 def _overrides(base: Path, extra: dict[str, Any], steps: int, epochs: int, seed: int) -> list[str]:
     """--set arguments for one run (static weights kept only for the tasks the run has)."""
-    cfg = load_config(base)
     values: dict[str, Any] = {"train.epochs": epochs, "train.steps_per_epoch": max(1, steps // epochs),
                               "train.seed": seed, "train.checkpoint_every": 50, **extra}
-    tasks = list(values.get("model.tasks", cfg.model.tasks))
-    if values.get("data.teacher", cfg.data.teacher):
-        tasks.append("distill")
-    if values.get("train.keep_init", cfg.train.keep_init):
-        tasks.append("keep")
+    cfg = load_config(base, values)
     if "train.weighting_options" not in values and cfg.train.weighting == "static":
+        tasks = cfg.weighted_tasks()
         weights = cfg.train.weighting_options.get("weights", {})
         values["train.weighting_options"] = {"weights": {t: w for t, w in weights.items() if t in tasks}}
     return [arg for k, v in values.items() for arg in ("--set", f"{k}={_toml(v)}")]

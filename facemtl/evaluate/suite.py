@@ -44,9 +44,8 @@ from .verification import (cosine_scores, make_identity_pairs, roc, verification
                            verification_accuracy_with_failures)
 
 PARTS = ("celeba", "wild", "mtfl", "utkface")
-"""The protocols a plain ``facemtl evaluate`` runs (the model card's figures)."""
-EXTRA_PARTS = ("gallery",)
-"""Protocols run only when named: ``gallery`` (enroll / identify unseen CelebA people, :mod:`.gallery`)."""
+"""The protocols a plain ``facemtl evaluate`` runs (the model card's figures); ``gallery`` (enroll / identify
+unseen CelebA people, :mod:`.gallery`) runs only when named."""
 MTFL_LABELS = {"gender": "male", "smile": "smiling", "glasses": "eyeglasses"}
 """MTFL's attributes by name: the reader's field (1 = male / smiling / glasses); ``MTFL_ATTRIBUTES`` names the
 CelebA attribute that predicts each."""

@@ -107,6 +107,12 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def weighted_tasks(self) -> list[str]:
+        """Every task the loss weighting combines: the model's, plus ``distill`` with a teacher and ``keep``
+        with ``train.keep_init``."""
+        return [*self.model.tasks, *(["distill"] if self.data.teacher else []),
+                *(["keep"] if self.train.keep_init else [])]
+
 
 def _type_ok(value: Any, hint: Any) -> bool:
     """Whether a TOML value fits a field's annotation (int accepted for float; lists for tuples)."""

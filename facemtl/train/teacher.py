@@ -9,9 +9,9 @@ gets two targets, of the chip and of its mirror image, so a flipped training cro
 Targets live beside the crop tables, in ``teacher-<table key>-<teacher>.npz`` (targets, done mask, files and
 the points each face was aligned on), written every few hundred faces, so a killed run resumes where it
 stopped; a new table takes the targets of every face another table of the same cache already labelled on the
-same points (:func:`reuse_targets`), so changing the data mix never runs the teacher twice on a face. Only training tables are
-labelled: :func:`check_no_test_faces` refuses any face of a test split. Training and evaluation read the
-file; nothing on the inference path imports this module's teacher.
+same points (:func:`reuse_targets`), so changing the data mix never runs the teacher twice on a face. Only
+training tables are labelled: :func:`check_no_test_faces` refuses any face of a test split. Training and
+evaluation read the file; nothing on the inference path imports this module's teacher.
 """
 from __future__ import annotations
 

@@ -188,8 +188,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)   # here, not earlier: building the tables may draw from torch's RNG
         self.model = MultiTaskNet(mcfg).to(self.device)
         self.init_record: dict[str, Any] | None = None
-        tasks = [*mcfg.tasks, *(["distill"] if cfg.data.teacher else []), *(["keep"] if cfg.train.keep_init else [])]
-        self.weighting = build_weighting(cfg.train.weighting, tasks, **cfg.train.weighting_options).to(self.device)
+        self.weighting = build_weighting(cfg.train.weighting, cfg.weighted_tasks(),
+                                         **cfg.train.weighting_options).to(self.device)
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
         special = self.model.sharing.special_parameters()
         special_ids = {id(p) for p in special}
