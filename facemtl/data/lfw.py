@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DatasetError
+from . import annotation_lines
 
 LfwPair = tuple[str, int, str, int]
 
@@ -59,13 +60,7 @@ def read_lfw_pairs(path: str | Path) -> PairList:
     "different" lines (``name1 i name2 j``), exactly as in LFW; a file that breaks that layout is rejected.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: pair file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read pair file: {exc}") from None
-    lines = [(no, line.split()) for no, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    lines = annotation_lines(path, "pair file")
     if not lines:
         raise DatasetError(f"{path}: empty pair file")
     header_no, header = lines[0]

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DatasetError
+from . import annotation_lines
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,7 @@ def read_wider_gt(path: str | Path) -> dict[str, WiderFaces]:
     whitespace and blank lines are accepted; anything else malformed raises DatasetError naming the line.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: ground-truth file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read ground-truth file: {exc}") from None
-    lines = [(no, line.split()) for no, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    lines = annotation_lines(path, "ground-truth file")
     out: dict[str, WiderFaces] = {}
     i = 0
     while i < len(lines):
