@@ -96,7 +96,7 @@ def main() -> None:
         f"{cfg['model']['input_size']}x{cfg['model']['input_size']} RGB crops aligned onto the five-point "
         "template (`facemtl.align`) from the MTCNN detector's landmarks (`weights/mtcnn.pt`).",
         f"- Heads: identity softmax over {model.config.num_identities} training identities, "
-        f"{model.config.embedding_dim}-D L2-normalised embedding (DeepID2 contrastive loss), 5 landmarks, "
+        f"{model.config.embedding_dim}-D L2-normalised embedding ({_embedding_source(cfg)}), 5 landmarks, "
         "CelebA's 40 attributes, 5-way head pose" + (", age in years (a distribution over 0..100, its expected "
                                                       "value)" if "age" in model.config.tasks else "") + ".",
         f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}"
@@ -129,6 +129,8 @@ def main() -> None:
         + (f" --unrefined {args.unrefined}" if args.unrefined else "")
         + (f" --unprojected {args.unprojected}" if args.unprojected else "")
         + (" --compare-test " + " ".join(map(str, args.compare_test)) if args.compare_test else "")
+        + (f" --config {args.config}" if args.config != CONFIG else "")
+        + (f" --previous {args.previous}" if args.previous else "") + (f" --json {args.json}" if args.json else "")
         + (f" --note {shlex.quote(args.note)}" if args.note else "") + "`).",
         "",
         "| figure | value |",
@@ -184,8 +186,11 @@ def main() -> None:
         "- Demographics: CelebA and celeba_wild are celebrities (mostly young adults, a majority of light-skinned "
         "people, many with make-up and posed photos); MTFL adds web and LFW faces. Accuracy on other groups, on "
         "children and on non-frontal or low-light faces is not measured here and is likely lower.",
-        "- Recognition was learned from 390 identities only: do not use the verification output for decisions "
-        "about people; it is a research baseline.",
+        ("- Recognition was learned from a teacher's descriptor of the training faces, not from its millions of "
+         "faces: do not use the verification output for decisions about people; it is a research baseline."
+         if cfg["data"].get("teacher") else
+         "- Recognition was learned from 390 identities only: do not use the verification output for decisions "
+         "about people; it is a research baseline."),
         "- Attributes such as 'Attractive' or 'Young' are CelebA's annotators' subjective labels and carry "
         "their biases.",
         *(["- UTKFace (Zhang, Song, Qi, CVPR 2017) is for non-commercial research only. Age and gender read from "
@@ -227,8 +232,8 @@ def _offset_note(ev: dict[str, Any]) -> str:
         return ""
     return (f" Predicted points sit on average ({offset[0]:+.2f}, {offset[1]:+.2f}) px (x, y) from the test "
             "annotations; on MTFL training photos aligned on their annotations the head sits within 0.5 px of "
-            "them in both axes (`tests/test_analyzer.py`), so AFLW's annotations lie further right and lower "
-            "than the training sets' do.")
+            "them in x and at most 1 px above them in y (`tests/test_analyzer.py`), so AFLW's annotations lie "
+            "further right and lower than the training sets' do.")
 
 
 def _threshold_note(meta: dict[str, str]) -> str:
@@ -264,15 +269,29 @@ def _groups(ev: dict[str, Any]) -> list[str]:
     groups = ev.get("utkface", {}).get("groups")
     if not groups:
         return []
-    lines = ["", "## Age and gender by group (UTKFace test)",
+    aged = "age_mae" in groups["all"]
+    lines = ["", f"## {'Age and gender' if aged else 'Gender'} by group (UTKFace test)",
              "Race is UTKFace's label, used to measure only; the model never predicts it.", "",
-             "| group | faces | age MAE (years) | gender accuracy (%) |", "|---|---:|---:|---:|"]
+             f"| group | faces |{' age MAE (years) |' if aged else ''} gender accuracy (%) |",
+             f"|---|---:|{'---:|' if aged else ''}---:|"]
     cells = [("all", groups["all"])] + [(f"{kind} {name}", cell) for kind in ("age_band", "gender", "race")
                                          for name, cell in groups[kind].items()]
     for name, cell in cells:
-        lines.append(f"| {name.replace('age_band', 'age').replace('_', ' ')} | {cell['faces']} | "
-                     f"{cell.get('age_mae', float('nan')):.2f} | {100 * cell.get('gender_accuracy', float('nan')):.2f} |")
+        age = f" {cell['age_mae']:.2f} |" if aged else ""
+        lines.append(f"| {name.replace('age_band', 'age').replace('_', ' ')} | {cell['faces']} |{age} "
+                     f"{100 * cell.get('gender_accuracy', float('nan')):.2f} |")
     return lines
+
+
+def _embedding_source(cfg: dict[str, Any]) -> str:
+    """What taught the embedding: the labelled recognition losses, a teacher, or both (by their weights)."""
+    weights = cfg["train"].get("weighting_options", {}).get("weights", {})
+    labelled = cfg["train"]["weighting"] != "static" or any(
+        weights.get(task, 1.0) > 0 for task in ("identity", "verification"))
+    taught = bool(cfg["data"].get("teacher"))
+    if taught and not labelled:
+        return "learned from the teacher's descriptor (task `distill`); identification and contrastive loss at weight 0"
+    return "DeepID2 contrastive loss" + (" and the teacher's descriptor (task `distill`)" if taught else "")
 
 
 def _command(cfg: dict[str, Any], meta: dict[str, str], config: str = CONFIG) -> str:
