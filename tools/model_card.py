@@ -286,11 +286,13 @@ def _groups(ev: dict[str, Any]) -> list[str]:
 def _embedding_source(cfg: dict[str, Any]) -> str:
     """What taught the embedding: the labelled recognition losses, a teacher, or both (by their weights)."""
     weights = cfg["train"].get("weighting_options", {}).get("weights", {})
-    labelled = cfg["train"]["weighting"] != "static" or any(
-        weights.get(task, 1.0) > 0 for task in ("identity", "verification"))
+    recognition = [task for task in ("identity", "verification") if task in cfg["model"]["tasks"]]
+    labelled = bool(recognition) and (cfg["train"]["weighting"] != "static"
+                                      or any(weights.get(task, 1.0) > 0 for task in recognition))
     taught = bool(cfg["data"].get("teacher"))
     if taught and not labelled:
-        return "learned from the teacher's descriptor (task `distill`); identification and contrastive loss at weight 0"
+        return "learned from the teacher's descriptor (task `distill`)" + (
+            "; identification and contrastive loss at weight 0" if recognition else "")
     return "DeepID2 contrastive loss" + (" and the teacher's descriptor (task `distill`)" if taught else "")
 
 
