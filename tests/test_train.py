@@ -307,15 +307,37 @@ def test_torchrun_two_processes_with_gloo(tmp_path: Path, data_dir: Path, table_
     assert load_file(run / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)["world"] == 2
 
 
+LIKE_SHIPPED = {"model.width": 1.0, "model.feature_dim": 256, "model.embedding_dim": 128, "model.identity_margin": 0.3,
+                "model.identity_from": "embedding", "train.init": "shipped"}
+"""Overrides that make the tiny test config's network fit the shipped model's, to fine-tune from it."""
+
+
+def test_train_only_learns_the_named_heads_and_leaves_every_other_tensor_as_it_was(tmp_path: Path, data_dir: Path,
+                                                                                  table_cache: Path) -> None:
+    config = write_config(tmp_path / "p.toml", tmp_path / "p", data_dir, table_cache)
+    with pytest.raises(ConfigError, match="train_only needs train.init"):
+        load_config(config, {"train.train_only": ["attributes"]})
+    with pytest.raises(ConfigError, match=r"train_only: \['age'\] not among model.tasks"):
+        load_config(config, {**LIKE_SHIPPED, "train.train_only": ["age"]})
+    with pytest.raises(ConfigError, match="gradnorm and pcgrad"):
+        load_config(config, {**LIKE_SHIPPED, "train.train_only": ["attributes"], "train.gradient": "pcgrad"})
+    trainer = Trainer(load_config(config, {**LIKE_SHIPPED, "train.train_only": ["attributes"], "train.lr": 0.05,
+                                           "train.epochs": 2, "train.steps_per_epoch": 5}))
+    after = load_model(trainer.run()).state_dict()
+    before = FaceAnalyzer(device="cpu").model.state_dict()
+    copied = [k for k in after if k not in trainer.init_record["fresh"]]
+    moved = {k for k in copied if not torch.equal(after[k], before[k])}
+    assert len(copied) > 20 and moved, moved               # BatchNorm statistics and counters included
+    assert all(k.startswith("heads.attributes.") for k in moved), sorted(moved)
+
+
 def test_keep_init_holds_the_heads_near_the_model_it_started_from(tmp_path: Path, data_dir: Path,
                                                                      table_cache: Path) -> None:
     config = write_config(tmp_path / "k.toml", tmp_path / "k", data_dir, table_cache)
     with pytest.raises(ConfigError, match="keep_init needs train.init"):
         load_config(config, {"train.keep_init": True})
     shipped = FaceAnalyzer(device="cpu").model.eval()
-    like_shipped = {"model.width": 1.0, "model.feature_dim": 256, "model.embedding_dim": 128,
-                    "model.identity_margin": 0.3, "model.identity_from": "embedding", "train.init": "shipped",
-                    "train.lr": 0.05, "train.epochs": 3, "train.steps_per_epoch": 10}
+    like_shipped = {**LIKE_SHIPPED, "train.lr": 0.05, "train.epochs": 3, "train.steps_per_epoch": 10}
     drift = {}
     for keep in (False, True):          # recognition alone reshapes the shared network; the heads get no labels
         weights = {"landmarks": 0.0, "attributes": 0.0, "pose": 0.0, **({"keep": 1.0} if keep else {})}

@@ -75,6 +75,10 @@ class OptimConfig:
     """Learning without forgetting (Li & Hoiem, 2016): the task ``keep`` holds the landmark, attribute and pose
     outputs near those of the frozen ``init`` model on every training crop, so a fine-tune that reshapes the
     shared network (a teacher, new data) does not lose what the heads knew. Needs ``init``."""
+    train_only: list[str] = field(default_factory=list)
+    """Tasks whose heads alone learn (a linear probe): the shared network and every other head stay exactly as
+    ``init`` had them, BatchNorm statistics and dropout included, so a new head joins a model without changing
+    any answer it already gives. Empty: everything learns."""
     checkpoint_every: int = 100
     steps_per_epoch: int = 0
     """0 = a full pass over the identity data; otherwise a fixed number of steps (quick runs, ablations)."""
@@ -205,6 +209,11 @@ def _validate(cfg: RunConfig) -> None:
          "data.mtfl_verification must be 'views', 'negatives' or 'off'"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
         (not t.keep_init or bool(t.init), "train.keep_init needs train.init (the model whose outputs to keep)"),
+        (set(t.train_only) <= set(cfg.model.tasks),
+         f"train.train_only: {sorted(set(t.train_only) - set(cfg.model.tasks))} not among model.tasks"),
+        (not t.train_only or bool(t.init), "train.train_only needs train.init (the model whose features to keep)"),
+        (not t.train_only or (t.weighting != "gradnorm" and t.gradient == "sum"),
+         "train.train_only trains heads alone: gradnorm and pcgrad act on shared parameters it freezes"),
         (cfg.data.celeba or cfg.data.wild or cfg.data.mtfl or cfg.data.utkface, "data: select at least one dataset"),
         (cfg.data.teacher in ("", "dlib_face_recognition_resnet_model_v1"),
          "data.teacher must be '' or 'dlib_face_recognition_resnet_model_v1'"),

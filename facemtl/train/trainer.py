@@ -36,7 +36,7 @@ from ..data.transforms import AugmentConfig
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, FacemtlError, WeightsError
 from .gradients import flat_task_grads, gradient_cosines, pcgrad_backward
-from ..model.multitask import MultiTaskNet
+from ..model.multitask import TASK_OUTPUT, MultiTaskNet
 from ..model.transfer import Transfer, init_from
 from ..serialization import atomic_write_bytes, load_file, save_file
 from .weighting import TaskEarlyStopping, build_weighting
@@ -191,7 +191,11 @@ class Trainer:
         self.weighting = build_weighting(cfg.train.weighting, cfg.weighted_tasks(),
                                          **cfg.train.weighting_options).to(self.device)
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
-        special = self.model.sharing.special_parameters()
+        if cfg.train.train_only:
+            self.model.requires_grad_(False)
+            for task in cfg.train.train_only:
+                self.model.heads[TASK_OUTPUT[task]].requires_grad_(True)
+        special = [p for p in self.model.sharing.special_parameters() if p.requires_grad]
         special_ids = {id(p) for p in special}
         decay, no_decay = [], []
         for p in self.model.parameters():
@@ -387,7 +391,7 @@ class Trainer:
         epoch_start = time.perf_counter()
         bar = tqdm(total=len(batches), initial=self.step, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.main, dynamic_ncols=True, unit="step")
-        self.model.train()
+        self._train_mode()
         for images, tg in self._loader(batches):
             losses = self._train_step(images, tg)
             for k, v in losses.items():
@@ -406,6 +410,13 @@ class Trainer:
         self.wall += time.perf_counter() - start_time
         elapsed = time.perf_counter() - epoch_start
         self._end_epoch({k: sums[k] / counts[k] for k in sums}, samples, elapsed)
+
+    def _train_mode(self) -> None:
+        """Training mode, except under ``train.train_only``: there only the learning heads are in it, so the
+        frozen network's BatchNorm statistics do not move and its dropout does not disturb their inputs."""
+        self.model.train(not self.cfg.train.train_only)
+        for task in self.cfg.train.train_only:
+            self.model.heads[TASK_OUTPUT[task]].train()
 
     def _train_step(self, images: torch.Tensor, tg: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step; returns the task losses (NaN/inf steps are skipped and counted)."""
@@ -486,7 +497,7 @@ class Trainer:
             if self.stopper:
                 stopped = self.stopper.update(train_losses, vlosses)
                 row["stopped"] = " ".join(sorted(stopped))
-            if self.cfg.train.grad_cosine_batches > 0:
+            if self.cfg.train.grad_cosine_batches > 0 and not self.cfg.train.train_only:   # shared params frozen
                 self.cosines.append({"epoch": self.epoch + 1, **self._gradient_cosines()})
             print(_format_row(row), flush=True)
         self.history.append(row)
@@ -525,7 +536,7 @@ class Trainer:
                 for j, b in enumerate(names):
                     if i < j:
                         total[f"{a}/{b}"] = total.get(f"{a}/{b}", 0.0) + float(matrix[i, j]) / len(batches)
-        self.model.train()
+        self._train_mode()
         self.model.zero_grad(set_to_none=True)
         return total
 
