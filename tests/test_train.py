@@ -357,6 +357,7 @@ def test_keep_init_holds_the_heads_near_the_model_it_started_from(tmp_path: Path
             before, after = shipped(images), trainer.model.eval()(images)
         drift[keep] = (float((after["landmarks"] - before["landmarks"]).abs().mean()),
                        float((after["attributes"].sigmoid() - before["attributes"].sigmoid()).abs().mean()))
-    # measured with the shipped weights: landmarks 0.345 -> 0.318 px, attribute probabilities 0.084 -> 0.053; the
-    # squared-pixel landmark term pulls weakly while the drift is a fraction of a pixel
-    assert drift[True][0] < drift[False][0] and drift[True][1] < 0.75 * drift[False][1], drift
+    # the same seed and batches with and without keep: without its pull the drifts would be equal. Measured with
+    # the shipped weights: landmarks 0.483 -> 0.435 px, attribute probabilities 0.068 -> 0.058 (the clipped
+    # gradients of the fresh identity head dominate thirty steps; keep at 4 gives 0.055)
+    assert drift[True][0] < 0.95 * drift[False][0] and drift[True][1] < 0.9 * drift[False][1], drift

@@ -195,7 +195,8 @@ def main() -> None:
         "their biases.",
         *(["- UTKFace (Zhang, Song, Qi, CVPR 2017) is for non-commercial research only. Age and gender read from "
            "a face are estimates: report them as such, never decide about a person by them; a child's gender is "
-           "hardly in the face at all (see the table by age band)."] if cfg["data"].get("utkface") else []),
+           "hardly in the face at all (see the table by age band)."]
+          if cfg["data"].get("utkface") or "age" in model.config.tasks else []),   # an earlier stage may hold it
         *([f"- The embedding learned from {TEACHER_TERMS}."] if cfg["data"].get("teacher") else []),
     ]
     args.out.write_text("\n".join(lines) + "\n")
