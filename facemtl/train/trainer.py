@@ -193,8 +193,8 @@ class Trainer:
         self.stopper = (TaskEarlyStopping(cfg.train.task_early_stopping) if cfg.train.task_early_stopping else None)
         if cfg.train.train_only:
             self.model.requires_grad_(False)
-            for task in cfg.train.train_only:
-                self.model.heads[TASK_OUTPUT[task]].requires_grad_(True)
+            for head in self._learning_heads():
+                head.requires_grad_(True)
         special = [p for p in self.model.sharing.special_parameters() if p.requires_grad]
         special_ids = {id(p) for p in special}
         decay, no_decay = [], []
@@ -415,8 +415,12 @@ class Trainer:
         """Training mode, except under ``train.train_only``: there only the learning heads are in it, so the
         frozen network's BatchNorm statistics do not move and its dropout does not disturb their inputs."""
         self.model.train(not self.cfg.train.train_only)
-        for task in self.cfg.train.train_only:
-            self.model.heads[TASK_OUTPUT[task]].train()
+        for head in self._learning_heads():
+            head.train()
+
+    def _learning_heads(self) -> list[torch.nn.Module]:
+        """The heads ``train.train_only`` leaves learning (none listed: the option is off)."""
+        return [self.model.heads[TASK_OUTPUT[task]] for task in self.cfg.train.train_only]
 
     def _train_step(self, images: torch.Tensor, tg: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step; returns the task losses (NaN/inf steps are skipped and counted)."""
