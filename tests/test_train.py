@@ -22,6 +22,7 @@ from facemtl.train.config import load_config
 from facemtl.train.trainer import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Trainer, TrainingError
 
 pytestmark = pytest.mark.slow
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 TINY = """
 out_dir = "{out}"
@@ -292,6 +293,37 @@ def test_config_errors(tmp_path: Path) -> None:
         bad.write_text("[train\n")
         load_config(bad)
 
+
+
+def test_a_config_builds_on_its_base_option_by_option(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text('out_dir = "runs/a"\n[train]\nepochs = 40\nlr = 0.05\n'
+                                       'weighting_options = { weights = { identity = 0.5, landmarks = 0.5 } }\n'
+                                       '[augment]\nrotate = 3.0\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.toml").write_text('base = "../base.toml"\n[train]\nlr = 0.01\n'
+                                                 'weighting_options = { weights = { landmarks = 1.0 } }\n')
+    cfg = load_config(tmp_path / "sub" / "child.toml", {"train.epochs": 3})
+    assert (cfg.out_dir, cfg.train.epochs, cfg.train.lr, cfg.augment.rotate) == ("runs/a", 3, 0.01, 3.0)
+    assert cfg.train.weighting_options == {"weights": {"landmarks": 1.0}}
+
+
+def test_the_shipped_stages_configs_read_as_their_bases_but_the_options_they_name() -> None:
+    stages = ["deepid2", "deepid2-gradnorm", "deepid2-distill", "deepid2-age", "deepid2-age-landmarks"]
+    configs = {name: load_config(CONFIGS / f"{name}.toml") for name in stages}
+    assert configs["deepid2-gradnorm"].model == configs["deepid2"].model
+    assert configs["deepid2-age"].augment == configs["deepid2"].augment
+    assert configs["deepid2-age"].train.keep_init and not configs["deepid2-age-landmarks"].train.keep_init
+    assert configs["deepid2-age-landmarks"].train.init == f"{configs['deepid2-age'].out_dir}/model.pt"
+
+
+def test_config_bases_that_loop_or_are_missing_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('base = "gone.toml"\n')
+    with pytest.raises(ConfigError, match="gone.toml: config file not found"):
+        load_config(tmp_path / "c.toml")
 
 def test_torchrun_two_processes_with_gloo(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
     cfg = write_config(tmp_path / "ddp.toml", tmp_path / "ddp", data_dir, table_cache)

@@ -170,15 +170,38 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a TOML config file, then apply ``{"section.key": value}`` overrides."""
-    path = Path(path)
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's values, on top of the file its ``base`` names (relative to it), if any.
+
+    Each section of the file replaces the base's options one by one; an option's value (a table such as
+    ``weighting_options`` included) is replaced whole, so a file reads as "the base, but these options".
+    """
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: config bases form a cycle ({' -> '.join(p.name for p in (*seen, path))})")
     try:
         values = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a config file name, got {base!r}")
+    merged = _read_toml(path.parent / base, (*seen, path))
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a TOML config file (and the ``base`` it builds on), then apply ``{"section.key": value}`` overrides."""
+    values = _read_toml(Path(path))
     for dotted, value in (overrides or {}).items():
         if dotted == "out_dir":
             values["out_dir"] = value
