@@ -18,6 +18,8 @@ from facemtl.model.multitask import ModelConfig, MultiTaskNet, load_model
 from facemtl.model.sharing import SHARING_DESIGNS, TASKS, CrossStitchUnit, difference_loss, task_groups
 
 DESIGNS = SHARING_DESIGNS.names()
+VARIANTS = {"hard_split": ("hard", {"split_neck": ["identity", "verification"]})}
+"""Designs with options that change their structure, run through every generic test as designs of their own."""
 TRUNKS = [("deepid2", 64), ("resnet", 112)]
 FEATURE_DIM = 32
 
@@ -31,7 +33,8 @@ def _one_thread():
 
 def make(design: str, trunk: str, size: int, tasks: tuple[str, ...] = TASKS, **options) -> MultiTaskNet:
     torch.manual_seed(0)
-    return MultiTaskNet(ModelConfig(trunk=trunk, input_size=size, sharing=design, sharing_options=options,
+    design, preset = VARIANTS.get(design, (design, {}))
+    return MultiTaskNet(ModelConfig(trunk=trunk, input_size=size, sharing=design, sharing_options={**preset, **options},
                                     num_identities=5, width=0.25, feature_dim=FEATURE_DIM, embedding_dim=16,
                                     tasks=tasks))
 
@@ -56,7 +59,7 @@ def grads_of(model: nn.Module) -> dict[str, torch.Tensor | None]:
     return {name: (None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()}
 
 
-cases = pytest.mark.parametrize("design", DESIGNS)
+cases = pytest.mark.parametrize("design", [*DESIGNS, *VARIANTS])
 trunks = pytest.mark.parametrize("trunk,size", TRUNKS, ids=[t for t, _ in TRUNKS])
 
 
@@ -366,6 +369,21 @@ def test_learned_cross_stitch_units_do_share_gradients():
     assert torch.count_nonzero(model.sharing.columns["geometry"].blocks[0][0].weight.grad) > 0
 
 
+
+def test_split_neck_feeds_its_tasks_alone_and_the_trunk_feeds_all():
+    model = make("hard_split", "deepid2", 64)
+    perturb(model)                                 # the landmark head starts at zero and would pass nothing back
+    out = model.train()(images(2, 64))
+    sharing = model.sharing
+    for name, own, other in [("embedding", sharing.split_neck, sharing.neck), ("landmarks", sharing.neck, sharing.split_neck)]:
+        model.zero_grad()
+        out[name].float().sum().backward(retain_graph=True)
+        assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in other.parameters()), name
+        assert all(torch.count_nonzero(p.grad) > 0 for p in own.parameters()), name
+        assert torch.count_nonzero(sharing.trunk.blocks[0][0].weight.grad) > 0, name
+    assert model.head_group == {"identity": "split", "embedding": "split", "landmarks": "shared",
+                                "attributes": "shared", "pose": "shared", "age": "shared"}
+
 # ---------------------------------------------------------------- bad options
 @cases
 def test_unknown_option_raises_config_error(design):
@@ -388,6 +406,9 @@ def test_unknown_option_raises_config_error(design):
     ("shared_private", {"groups": {"geometry": "landmarks"}}),
     ("shared_private", {"private_width": 0.0}),
     ("shared_private", {"neck_blocks": 5}),
+    ("hard", {"split_neck": "verification"}),
+    ("hard", {"split_neck": ["nose"]}),
+    ("hard", {"split_neck": list(TASKS)}),
 ])
 def test_bad_option_values_raise_config_error(design, options):
     with pytest.raises(ConfigError):

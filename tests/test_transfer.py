@@ -61,6 +61,20 @@ def test_heads_over_other_classes_start_fresh(source: Path) -> None:
     assert shared and all(after[k].equal(load_model(source).state_dict()[k]) for k in shared)
 
 
+
+def test_a_split_neck_starts_as_the_shared_neck_so_every_output_is_unchanged(source: Path) -> None:
+    torch.manual_seed(2)
+    model = tiny(sharing_options={"split_neck": ["identity", "verification"]})
+    done = init_from(model, source, PEOPLE)
+    theirs = load_model(source)
+    set_projection(model, theirs.heads["embedding"].center.numpy(), theirs.heads["embedding"].projection.numpy())
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 255
+    with torch.no_grad():
+        mine, before = model.eval()(x), theirs(x)
+    assert all(torch.equal(mine[k], before[k]) for k in before)
+    assert done.fresh == ("heads.embedding.center", "heads.embedding.projection")
+    assert model.sharing.split_neck.fc.weight.data_ptr() != model.sharing.neck.fc.weight.data_ptr()
+
 def test_a_network_of_another_shape_is_refused(source: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not fit the config's \\[model\\].*sharing"):
         init_from(tiny(width=0.5), source, PEOPLE)

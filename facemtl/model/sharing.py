@@ -3,7 +3,8 @@
 Every design builds the same heads downstream and returns the same outputs, so the trainer, the
 evaluators and ``FaceAnalyzer`` never depend on the choice. The designs:
 
-- ``hard``: one trunk and one neck for every task (the DeepID2 / TCDCN arrangement);
+- ``hard``: one trunk and one neck for every task (the DeepID2 / TCDCN arrangement), optionally a
+  second neck on the same maps for some tasks (``split_neck``);
 - ``hierarchical``: one trunk, each task reads the block suited to it (geometry low, identity high);
 - ``cross_stitch``: one trunk copy per task group, mixed after every block (Misra et al., CVPR 2016);
 - ``shared_private``: a shared trunk plus a small private trunk per task group, kept apart by a
@@ -65,30 +66,57 @@ def neck_input_features(trunk: Trunk, input_size: int, blocks: Sequence[int]) ->
 class HardSharing(Sharing):
     """One trunk and one neck shared by every task; the neck reads the deepest ``neck_blocks`` blocks.
 
-    Reading the last two blocks is DeepID2's multi-scale feature layer.
+    Reading the last two blocks is DeepID2's multi-scale feature layer. ``split_neck`` names tasks that read a
+    second neck of their own on the same maps (group ``split``): the trunk stays shared, but those tasks no
+    longer compete with the others for the neck's few features. A model file without that neck starts it as
+    a copy of the shared one (``facemtl.model.transfer``), so the split network begins with the same outputs.
     """
 
     def __init__(self, trunk: str, width: float, input_size: int, feature_dim: int, dropout: float,
-                 tasks: Sequence[str], neck_blocks: int = 2) -> None:
+                 tasks: Sequence[str], neck_blocks: int = 2, split_neck: Sequence[str] = ()) -> None:
         super().__init__()
         self.trunk = create_trunk(trunk, width)
         n_blocks = len(self.trunk.blocks)
         if not 1 <= neck_blocks <= n_blocks:
             raise ConfigError(f"neck_blocks must be in 1..{n_blocks}, got {neck_blocks}")
         self.read = list(range(n_blocks - neck_blocks, n_blocks))
-        self.neck = Neck(neck_input_features(self.trunk, input_size, self.read), feature_dim, dropout)
+        in_features = neck_input_features(self.trunk, input_size, self.read)
+        self.neck = Neck(in_features, feature_dim, dropout)
         self.feature_dim = feature_dim
-        self.group_of = {t: "shared" for t in tasks}
+        split = _split_tasks(split_neck, tasks)
+        self.split_neck = Neck(in_features, feature_dim, dropout) if split else None
+        self.group_of = {t: "split" if t in split else "shared" for t in tasks}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.trunk(x)
-        return {"shared": self.neck([maps[b] for b in self.read])}
+        read = [maps[b] for b in self.read]
+        out = {"shared": self.neck(read)}
+        if self.split_neck is not None:
+            out["split"] = self.split_neck(read)
+        return out
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        if self.split_neck is None:
+            return [p for p in self.parameters() if p.requires_grad]
+        return [p for p in self.trunk.parameters() if p.requires_grad]
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        return [self.neck.fc.weight]
+        if self.split_neck is None:
+            return [self.neck.fc.weight]
+        return [_last_conv_weight(self.trunk.blocks[-1])]
+
+
+def _split_tasks(split_neck: Sequence[str], tasks: Sequence[str]) -> set[str]:
+    """The model's tasks that read the split neck; refuses unknown names and a split that leaves none shared."""
+    if isinstance(split_neck, str) or not isinstance(split_neck, Sequence):
+        raise ConfigError(f"split_neck must be a list of task names, got {split_neck!r}")
+    unknown = set(split_neck) - set(TASKS)
+    if unknown:
+        raise ConfigError(f"split_neck: unknown task(s) {sorted(unknown)}; tasks are {', '.join(TASKS)}")
+    split = set(split_neck) & set(tasks)
+    if split and split == set(tasks):
+        raise ConfigError("split_neck names every task: nothing would read the shared neck")
+    return split
 
 
 def _last_conv_weight(module: nn.Module) -> nn.Parameter:

@@ -46,6 +46,17 @@ def _meaning_changed(model: MultiTaskNet, source: MultiTaskNet, identity_names: 
     return changed
 
 
+SPLIT_NECK, SHARED_NECK = "sharing.split_neck.", "sharing.neck."
+
+
+def _with_split_neck(theirs: dict[str, torch.Tensor], mine: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A source without the ``hard`` design's split neck gives it a copy of its shared neck: the split tasks
+    then start from exactly the features they read before."""
+    grown = {k: theirs[SHARED_NECK + k[len(SPLIT_NECK):]] for k in mine
+             if k.startswith(SPLIT_NECK) and k not in theirs and SHARED_NECK + k[len(SPLIT_NECK):] in theirs}
+    return {**theirs, **{k: v.clone() for k, v in grown.items()}}
+
+
 def _misfit(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> list[str]:
     """Tensors of the shared network, and the input normalisation, that the source lacks or holds otherwise."""
     out = []
@@ -71,7 +82,8 @@ def init_from(model: MultiTaskNet, path: str | os.PathLike[str],
     if not Path(path).is_file():
         raise ConfigError(f"train.init: no model file at {path}")
     source = load_model(path)
-    theirs, mine = source.state_dict(), model.state_dict()
+    mine = model.state_dict()
+    theirs = _with_split_neck(source.state_dict(), mine)
     misfit = _misfit(mine, theirs)
     if misfit:
         c = source.config
