@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from facemtl.analyzer import FaceAnalyzer
+from facemtl._resources import DEFAULT_MODEL, weights_path
 from facemtl.errors import CheckpointError, ConfigError, WeightsError
 from facemtl.model.multitask import load_model
 from facemtl.serialization import load_file
@@ -356,7 +356,7 @@ def test_train_only_learns_the_named_heads_and_leaves_every_other_tensor_as_it_w
     trainer = Trainer(load_config(config, {**LIKE_SHIPPED, "train.train_only": ["attributes"], "train.lr": 0.05,
                                            "train.epochs": 2, "train.steps_per_epoch": 5}))
     after = load_model(trainer.run()).state_dict()
-    before = FaceAnalyzer(device="cpu").model.state_dict()
+    before = load_model(weights_path(DEFAULT_MODEL)).state_dict()
     copied = [k for k in after if k not in trainer.init_record["fresh"]]
     moved = {k for k in copied if not torch.equal(after[k], before[k])}
     assert len(copied) > 20 and moved, moved               # BatchNorm statistics and counters included
@@ -368,7 +368,7 @@ def test_keep_init_holds_the_heads_near_the_model_it_started_from(tmp_path: Path
     config = write_config(tmp_path / "k.toml", tmp_path / "k", data_dir, table_cache)
     with pytest.raises(ConfigError, match="keep_init needs train.init"):
         load_config(config, {"train.keep_init": True})
-    shipped = FaceAnalyzer(device="cpu").model.eval()
+    shipped = load_model(weights_path(DEFAULT_MODEL))
     like_shipped = {**LIKE_SHIPPED, "train.lr": 0.05, "train.epochs": 3, "train.steps_per_epoch": 10}
     drift = {}
     for keep in (False, True):          # recognition alone reshapes the shared network; the heads get no labels

@@ -75,7 +75,8 @@ def init_from(model: MultiTaskNet, path: str | os.PathLike[str],
     ``identity_names``; attribute and pose heads only over the same names); the projection is never copied.
 
     The shared network must fit whole: a file of another trunk, width or input size raises ``ConfigError``
-    rather than leaving the run to train from scratch unnoticed.
+    rather than leaving the run to train from scratch unnoticed. A split neck the file lacks starts as a copy of
+    its shared neck.
     """
     if str(path) == SHIPPED:
         path = weights_path(DEFAULT_MODEL)
