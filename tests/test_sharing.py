@@ -384,6 +384,15 @@ def test_split_neck_feeds_its_tasks_alone_and_the_trunk_feeds_all():
     assert model.head_group == {"identity": "split", "embedding": "split", "landmarks": "shared",
                                 "attributes": "shared", "pose": "shared", "age": "shared"}
 
+
+@pytest.mark.parametrize("design,options", [("hard", {"split_neck": ["identity"]}),
+                                            ("cross_stitch", {"groups": {"a": ["identity"], "b": ["verification"]}})])
+def test_identity_on_the_embedding_must_share_the_embeddings_features(design, options):
+    with pytest.raises(ConfigError, match="identity reads the verification embedding"):
+        MultiTaskNet(ModelConfig(sharing=design, sharing_options=options, num_identities=5, width=0.25,
+                                 feature_dim=FEATURE_DIM, identity_from="embedding"))
+    make(design, "deepid2", 64, **options)          # reading the features, identity may have a neck of its own
+
 # ---------------------------------------------------------------- bad options
 @cases
 def test_unknown_option_raises_config_error(design):

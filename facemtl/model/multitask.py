@@ -98,6 +98,11 @@ class MultiTaskNet(nn.Module):
             input_size=config.input_size, feature_dim=config.feature_dim, dropout=config.dropout,
             tasks=config.tasks)
         dim = self.sharing.feature_dim
+        group = self.sharing.group_of
+        if config.identity_from == "embedding" and "identity" in group and group["identity"] != group["verification"]:
+            raise ConfigError("identity_from = 'embedding': identity reads the verification embedding, so the sharing "
+                              f"design must give both the same features (groups {group['identity']!r} and "
+                              f"{group['verification']!r})")
         heads: dict[str, nn.Module] = {}
         if "identity" in config.tasks:
             in_dim = config.embedding_dim if config.identity_from == "embedding" else dim
