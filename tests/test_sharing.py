@@ -369,7 +369,6 @@ def test_learned_cross_stitch_units_do_share_gradients():
     assert torch.count_nonzero(model.sharing.columns["geometry"].blocks[0][0].weight.grad) > 0
 
 
-
 def test_split_neck_feeds_its_tasks_alone_and_the_trunk_feeds_all():
     model = make("hard_split", "deepid2", 64)
     perturb(model)                                 # the landmark head starts at zero and would pass nothing back
@@ -392,6 +391,7 @@ def test_identity_on_the_embedding_must_share_the_embeddings_features(design, op
         MultiTaskNet(ModelConfig(sharing=design, sharing_options=options, num_identities=5, width=0.25,
                                  feature_dim=FEATURE_DIM, identity_from="embedding"))
     make(design, "deepid2", 64, **options)          # reading the features, identity may have a neck of its own
+
 
 # ---------------------------------------------------------------- bad options
 @cases

@@ -52,9 +52,8 @@ SPLIT_NECK, SHARED_NECK = "sharing.split_neck.", "sharing.neck."
 def _with_split_neck(theirs: dict[str, torch.Tensor], mine: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A source without the ``hard`` design's split neck gives it a copy of its shared neck: the split tasks
     then start from exactly the features they read before."""
-    grown = {k: theirs[SHARED_NECK + k[len(SPLIT_NECK):]] for k in mine
-             if k.startswith(SPLIT_NECK) and k not in theirs and SHARED_NECK + k[len(SPLIT_NECK):] in theirs}
-    return {**theirs, **{k: v.clone() for k, v in grown.items()}}
+    twin = {k: SHARED_NECK + k.removeprefix(SPLIT_NECK) for k in mine if k.startswith(SPLIT_NECK) and k not in theirs}
+    return {**theirs, **{k: theirs[shared].clone() for k, shared in twin.items() if shared in theirs}}
 
 
 def _misfit(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> list[str]:
