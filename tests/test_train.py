@@ -363,6 +363,32 @@ def test_train_only_learns_the_named_heads_and_leaves_every_other_tensor_as_it_w
     assert all(k.startswith("heads.attributes.") for k in moved), sorted(moved)
 
 
+def test_feature_epochs_trains_the_heads_on_cached_features_as_on_the_network_s_own(tmp_path: Path, data_dir: Path,
+                                                                                    table_cache: Path) -> None:
+    config = write_config(tmp_path / "f.toml", tmp_path / "f", data_dir, table_cache)
+    with pytest.raises(ConfigError, match="feature_epochs .* needs train.train_only"):
+        load_config(config, {**LIKE_SHIPPED, "train.feature_epochs": 1})
+    with pytest.raises(ConfigError, match="feature_epochs .* and not keep_init"):
+        load_config(config, {**LIKE_SHIPPED, "train.train_only": ["attributes"], "train.feature_epochs": 1,
+                             "train.keep_init": True})
+    states, network_runs = {}, {}
+    for cached, epochs in ((0, 1), (1, 1), (1, 3)):
+        trainer = Trainer(load_config(config, {**LIKE_SHIPPED, "out_dir": str(tmp_path / f"f{cached}-{epochs}"),
+                                               "train.train_only": ["attributes"], "train.lr": 0.05,
+                                               "train.epochs": epochs, "train.steps_per_epoch": 4,
+                                               "train.feature_epochs": cached}))
+        calls = []
+        trainer.model.sharing.register_forward_hook(lambda *_: calls.append(1))
+        states[cached, epochs] = load_model(trainer.run()).state_dict()
+        network_runs[cached, epochs] = len(calls)
+    # one epoch on the cache is the epoch the network would have run: same crops, same steps, same weights
+    assert all(torch.allclose(states[0, 1][k].float(), states[1, 1][k].float(), atol=1e-6) for k in states[0, 1])
+    moved = {k for k in states[1, 3] if not torch.equal(states[1, 3][k], states[1, 1][k])}
+    assert moved and all(k.startswith("heads.attributes.") for k in moved), sorted(moved)
+    # three epochs on one cached epoch run the frozen network no more often than one: it ran once per batch
+    assert network_runs[1, 3] == network_runs[1, 1] < network_runs[0, 1], network_runs
+
+
 def test_keep_init_holds_the_heads_near_the_model_it_started_from(tmp_path: Path, data_dir: Path,
                                                                      table_cache: Path) -> None:
     config = write_config(tmp_path / "k.toml", tmp_path / "k", data_dir, table_cache)

@@ -123,7 +123,10 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Crops (N,3,S,S) with pixel values 0..255 (any float or uint8 dtype) -> outputs by name."""
-        features = self.shared_features(x)
+        return self.head_outputs(self.shared_features(x))
+
+    def head_outputs(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The heads' outputs by name from the sharing design's feature vectors (:meth:`shared_features`)."""
         on_embedding = self.config.identity_from == "embedding"
         out = {name: head(features[self.head_group[name]]) for name, head in self.heads.items()
                if not (on_embedding and name == "identity")}

@@ -79,6 +79,10 @@ class OptimConfig:
     """Tasks whose heads alone learn (a linear probe): the shared network and every other head stay exactly as
     ``init`` had them, BatchNorm statistics and dropout included, so a new head joins a model without changing
     any answer it already gives. Empty: everything learns."""
+    feature_epochs: int = 0
+    """With ``train_only``: the frozen network's features of this many epochs of augmented batches are
+    computed once, then every epoch trains the heads on one of them in turn (epoch e on cached epoch
+    e mod n), so a head can train for many epochs at the cost of a few. 0: every step runs the network."""
     checkpoint_every: int = 100
     steps_per_epoch: int = 0
     """0 = a full pass over the identity data; otherwise a fixed number of steps (quick runs, ablations)."""
@@ -237,6 +241,9 @@ def _validate(cfg: RunConfig) -> None:
         (not t.train_only or bool(t.init), "train.train_only needs train.init (the model whose features to keep)"),
         (not t.train_only or (t.weighting != "gradnorm" and t.gradient == "sum"),
          "train.train_only trains heads alone: gradnorm and pcgrad act on shared parameters it freezes"),
+        (t.feature_epochs >= 0, "train.feature_epochs must be >= 0"),
+        (not t.feature_epochs or (bool(t.train_only) and not t.keep_init),
+         "train.feature_epochs caches the frozen network's features: it needs train.train_only, and not keep_init"),
         (cfg.data.celeba or cfg.data.wild or cfg.data.mtfl or cfg.data.utkface, "data: select at least one dataset"),
         (cfg.data.teacher in ("", "dlib_face_recognition_resnet_model_v1"),
          "data.teacher must be '' or 'dlib_face_recognition_resnet_model_v1'"),

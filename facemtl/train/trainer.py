@@ -43,7 +43,7 @@ from .weighting import TaskEarlyStopping, build_weighting
 from .config import RunConfig
 from .losses import KEPT_OUTPUTS, keep_loss, task_losses
 from .teacher import training_targets
-from .validation import ValidationSet, validate
+from .validation import ValidationSet, validate, with_features
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class Trainer:
         self.cosines: list[dict[str, Any]] = []
         self.nan_streak = 0
         self.wall = 0.0
+        self.feature_cache: dict[int, list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]] = {}
 
     # ---------------------------------------------------------------- setup
     def _setup_device(self) -> torch.device:
@@ -216,8 +217,9 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr)
         self.amp = cfg.train.amp == "on" or (cfg.train.amp == "auto" and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        wrap = self.distributed and not cfg.train.feature_epochs      # cached features: gradients averaged by hand
         self.net = (DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
-                                            else None) if self.distributed else self.model)
+                                            else None) if wrap else self.model)
         self.pcgrad_gen = torch.Generator().manual_seed(cfg.train.seed)
 
     # ---------------------------------------------------------------- schedule
@@ -350,6 +352,9 @@ class Trainer:
         transfer = None if resumed or not self.cfg.train.init else self._start_from(self.cfg.train.init)
         if self.cfg.train.keep_init:
             self._set_keeper()
+        if self.cfg.train.feature_epochs and self.main:
+            self._train_mode()
+            self.val_sets = self._cached_val_sets()
         if self.main:
             print(f"facemtl train: {len(self.train_idx)} training samples "
                   f"({', '.join(f'{SOURCES[s]} {int((self.table.source[self.train_idx] == s).sum())}' for s in range(len(SOURCES)) if (self.table.source == s).any())}), "
@@ -373,10 +378,11 @@ class Trainer:
         self._barrier()
         return path
 
-    def _loader(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        data = BatchList(self.dataset, batches, self.cfg.train.seed, self.epoch, self.table,
+    def _loader(self, batches: list[np.ndarray], epoch: int, start: int
+                ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        data = BatchList(self.dataset, batches, self.cfg.train.seed, epoch, self.table,
                          self.cfg.data.mtfl_verification)
-        steps = list(range(self.step, len(batches)))
+        steps = list(range(start, len(batches)))
         if self.cfg.train.num_workers == 0:
             return (data[s] for s in steps)
         return iter(torch.utils.data.DataLoader(data, batch_size=None, sampler=steps,
@@ -392,12 +398,14 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=self.step, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.main, dynamic_ncols=True, unit="step")
         self._train_mode()
-        for images, tg in self._loader(batches):
+        inputs = (self._cached_batches(len(batches)) if self.cfg.train.feature_epochs
+                  else self._loader(batches, self.epoch, self.step))
+        for images, tg in inputs:
             losses = self._train_step(images, tg)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
-            samples += len(images) * self.world
+            samples += len(tg["pair_id"]) * self.world
             self.step += 1
             self.global_step += 1
             bar.update(1)
@@ -411,6 +419,36 @@ class Trainer:
         elapsed = time.perf_counter() - epoch_start
         self._end_epoch({k: sums[k] / counts[k] for k in sums}, samples, elapsed)
 
+    def _cached_batches(self, steps: int) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """This epoch's batches from the feature cache (``train.feature_epochs``), from the current step on."""
+        slot = self.epoch % self.cfg.train.feature_epochs
+        if slot not in self.feature_cache:
+            self.feature_cache[slot] = self._batch_features(slot)
+        return iter(self.feature_cache[slot][self.step:steps])
+
+    @torch.no_grad()
+    def _batch_features(self, epoch: int) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """The frozen network's features and the targets of every batch of ``epoch`` (its augmentation)."""
+        batches = self.sampler.epoch_batches(epoch)[:self.steps_per_epoch]
+        bar = tqdm(total=len(batches), desc=f"features of epoch {epoch + 1}/{self.cfg.train.feature_epochs}",
+                   disable=not self.main, dynamic_ncols=True, unit="step")
+        cached = []
+        for images, tg in self._loader(batches, epoch, 0):
+            images = images.to(self.device).float().contiguous(memory_format=torch.channels_last)
+            cached.append(({k: v.float() for k, v in self.model.shared_features(images).items()},
+                           {k: v.to(self.device) for k, v in tg.items()}))
+            bar.update(1)
+        bar.close()
+        return cached
+
+    def _cached_val_sets(self) -> dict[str, ValidationSet]:
+        """The validation sets with their features computed once (a set two tasks share, once)."""
+        done: dict[int, ValidationSet] = {}
+        for vset in self.val_sets.values():
+            if id(vset) not in done:
+                done[id(vset)] = with_features(self.model, vset, self.device)
+        return {task: done[id(vset)] for task, vset in self.val_sets.items()}
+
     def _train_mode(self) -> None:
         """Training mode, except under ``train.train_only``: there only the learning heads are in it, so the
         frozen network's BatchNorm statistics do not move and its dropout does not disturb their inputs."""
@@ -422,18 +460,24 @@ class Trainer:
         """The heads ``train.train_only`` leaves learning (none listed: the option is off)."""
         return [self.model.heads[TASK_OUTPUT[task]] for task in self.cfg.train.train_only]
 
-    def _train_step(self, images: torch.Tensor, tg: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimiser step; returns the task losses (NaN/inf steps are skipped and counted)."""
+    def _train_step(self, inputs: torch.Tensor | dict[str, torch.Tensor], tg: dict[str, torch.Tensor]
+                    ) -> dict[str, float]:
+        """One optimiser step on a batch of crops, or of cached features (the heads alone); returns the task
+        losses (NaN/inf steps are skipped and counted)."""
         lr = self.lr_at(self.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        images = images.to(self.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
         tg = {k: v.to(self.device, non_blocking=True) for k, v in tg.items()}
         half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         autocast = torch.autocast(self.device.type, dtype=half) if self.amp else nullcontext()
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        with autocast:
-            out = self.net(images)
+        if isinstance(inputs, dict):
+            with autocast:
+                out = self.model.head_outputs(inputs)
+        else:
+            images = inputs.to(self.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+            with autocast:
+                out = self.net(images)
         losses = task_losses(out, tg, self.model.config, self.cfg.train.verification_margin,
                              self.cfg.train.landmark_loss)
         if self.cfg.train.keep_init:
@@ -480,6 +524,11 @@ class Trainer:
         else:
             total = self.weighting(losses, shared_parameters=self.model.sharing.last_shared_parameters())
             self.scaler.scale(total + extra_total).backward()
+            if self.distributed and isinstance(inputs, dict):    # the heads ran outside DDP: average by hand
+                for p in self.model.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world
         self.scaler.unscale_(self.optimizer)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)

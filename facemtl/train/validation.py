@@ -9,8 +9,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +34,25 @@ class ValidationSet:
 
     dataset: MultiTaskDataset
     indices: np.ndarray
+    features: list[dict[str, torch.Tensor]] | None = None
+    """The frozen network's features of each batch (:func:`with_features`): ``predict`` then runs the heads
+    alone."""
+
+
+def _batches(vset: ValidationSet, batch: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """The set's crops and targets in batches, each crop with its fixed seed."""
+    for start in range(0, len(vset.indices), batch):
+        idx = vset.indices[start:start + batch]
+        yield collate([vset.dataset.get(int(i), seed=int(i) + 1_000_003) for i in idx])
+
+
+@torch.no_grad()
+def with_features(model: MultiTaskNet, vset: ValidationSet, device: torch.device, batch: int = 256
+                  ) -> ValidationSet:
+    """The set with the frozen network's features of its crops computed once (for head-only training)."""
+    features = [{k: v.float() for k, v in model.shared_features(images.to(device)).items()}
+                for images, _ in _batches(vset, batch)]
+    return replace(vset, features=features)
 
 
 @torch.no_grad()
@@ -44,10 +63,10 @@ def predict(model: MultiTaskNet, vset: ValidationSet, device: torch.device, batc
     targets: dict[str, list[np.ndarray]] = {}
     loss_sums: dict[str, float] = {}
     batches = 0
-    for start in range(0, len(vset.indices), batch):
-        idx = vset.indices[start:start + batch]
-        images, tg = collate([vset.dataset.get(int(i), seed=int(i) + 1_000_003) for i in idx])
-        out = model(images.to(device))
+    if vset.features is not None and len(vset.features) != -(-len(vset.indices) // batch):
+        raise ValueError(f"the set's features are in {len(vset.features)} batches, not batches of {batch}")
+    for b, (images, tg) in enumerate(_batches(vset, batch)):
+        out = model.head_outputs(vset.features[b]) if vset.features is not None else model(images.to(device))
         tg_dev = {k: v.to(device) for k, v in tg.items()}
         tg_dev["pair_id"] = tg_dev["identity"]
         for task, value in task_losses(out, tg_dev, model.config, margin=margin).items():
