@@ -389,6 +389,36 @@ def test_feature_epochs_trains_the_heads_on_cached_features_as_on_the_network_s_
     assert network_runs[1, 3] == network_runs[1, 1] < network_runs[0, 1], network_runs
 
 
+def test_feature_epochs_resumes_to_the_same_weights(tmp_path: Path, data_dir: Path, table_cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(tmp_path / "r.toml", tmp_path / "r", data_dir, table_cache)
+    settings = {**LIKE_SHIPPED, "train.train_only": ["attributes", "pose"], "train.lr": 0.05, "train.epochs": 3,
+                "train.feature_epochs": 2}
+    whole = load_model(Trainer(load_config(config, {**settings, "out_dir": str(tmp_path / "whole")})).run())
+
+    class Killed(Exception):
+        pass
+
+    steps = []
+    own_step = Trainer._train_step
+
+    def dies_at_step_13(self: Trainer, *args: object) -> dict[str, float]:
+        steps.append(1)
+        if len(steps) == 13:                    # third epoch, on the first cached epoch again; checkpoint at 12
+            raise Killed
+        return own_step(self, *args)
+
+    broken = load_config(config, {**settings, "out_dir": str(tmp_path / "broken")})
+    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_13)
+    with pytest.raises(Killed):
+        Trainer(broken).run()
+    monkeypatch.setattr(Trainer, "_train_step", own_step)
+    resumed = Trainer(broken)
+    after = load_model(resumed.run())
+    assert (resumed.epoch, len(resumed.feature_cache)) == (3, 1)    # the new process cached only what it ran
+    assert all(torch.equal(whole.state_dict()[k], after.state_dict()[k]) for k in whole.state_dict())
+
+
 def test_keep_init_holds_the_heads_near_the_model_it_started_from(tmp_path: Path, data_dir: Path,
                                                                      table_cache: Path) -> None:
     config = write_config(tmp_path / "k.toml", tmp_path / "k", data_dir, table_cache)
