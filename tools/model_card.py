@@ -48,6 +48,8 @@ TEACHER_TERMS = (
     "CelebA's celebrities may be among its people and CelebA figures may flatter teacher and student alike "
     "(celeba_wild's test people and UTKFace are reported beside them)")
 
+OPTIMIZERS = {"sgd": "SGD", "adamw": "AdamW"}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,7 +117,8 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; wall time {wall / 3600:.2f} h; "
         f"median throughput {sorted(speed)[len(speed) // 2] if speed else 0:.0f} samples/s.",
         f"- Loss weighting `{cfg['train']['weighting']}` {cfg['train']['weighting_options']}, landmark loss "
-        f"`{cfg['train']['landmark_loss']}`, SGD lr {cfg['train']['lr']} (cosine), weight decay "
+        f"`{cfg['train']['landmark_loss']}`, {OPTIMIZERS[cfg['train'].get('optimizer', 'sgd')]} lr {cfg['train']['lr']} "
+        f"(cosine), weight decay "
         f"{cfg['train']['weight_decay']}.",
         *([f"- {args.note}"] if args.note else []),
         "",
