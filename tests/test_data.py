@@ -6,15 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from facemtl.align import template
 from facemtl.data.celeba import CELEBA_ATTRIBUTES, read_celeba
 from facemtl.data.folders import read_person_folders
-from facemtl.data.mixed import FaceTable, MultiTaskDataset, collate
+from facemtl.data.mixed import FaceTable, MultiTaskDataset, attribute_balance, collate
 from facemtl.data.mtfl import read_mtfl
 from facemtl.data.pairs import BatchPlan, MultiTaskBatchSampler
 from facemtl.data.transforms import AugmentConfig, hflip
 from facemtl.errors import ConfigError, DatasetError
+from facemtl.train.losses import attribute_loss
 
 # ---------------------------------------------------------------- real data (skips when absent)
 
@@ -370,6 +372,32 @@ def test_dataset_without_augmentation_is_the_centre_crop(table: FaceTable) -> No
     assert targets["landmarks_mask"] and targets["identity"] == 1 and targets["pose"] == -1
     assert targets["index"] == 1
     np.testing.assert_array_equal(targets["attributes"], table.attributes[1])
+
+
+def test_balanced_attribute_weighs_each_label_alike_within_each_set() -> None:
+    male = CELEBA_ATTRIBUTES.index("Male")
+    source = np.array([2] * 8 + [0] * 4, np.int8)                     # MTFL: 6 of 8 men; CelebA: 1 of 4
+    attributes = np.zeros((12, 40), np.uint8)
+    attributes[[0, 1, 2, 3, 4, 5, 8], male] = 1
+    mask = np.zeros((12, 40), bool)
+    mask[:, male] = True
+    table = FaceTable(np.zeros((12, CONTEXT, CONTEXT, 3), np.uint8), np.full((12, 5, 2), np.nan, np.float32),
+                      np.full(12, -1), attributes, mask, np.full(12, -1), source,
+                      np.array([f"f{i}.jpg" for i in range(12)]))
+    weights = attribute_balance(table, np.arange(12), CELEBA_ATTRIBUTES, ["Male"])
+    np.testing.assert_allclose(weights[2, male], [0.5 / 0.25, 0.5 / 0.75])   # (women, men) in MTFL
+    np.testing.assert_allclose(weights[0, male], [0.5 / 0.75, 0.5 / 0.25])
+    assert (np.delete(weights, male, axis=1) == 1).all()
+    _, tg = collate([MultiTaskDataset(table, SIZE, attr_weights=weights)[i] for i in range(12)])
+    assert tg["attr_weight"].shape == (12, 40)
+    # one logit for every face: balanced, the set's gradient vanishes at 0 (its share of men does not move it);
+    # plain, its six men of eight pull it towards "man" (mean-loss gradient x 8: 8 x 0.5 - 6)
+    logits = torch.zeros(12, 40, requires_grad=True)
+    for weight, mtfl_pull in ((tg["attr_weight"], 0.0), (None, -2.0)):
+        logits.grad = None
+        attribute_loss(logits[:8], tg["attributes"][:8], tg["attr_mask"][:8],
+                       weight=None if weight is None else weight[:8]).backward()
+        assert float(logits.grad[:8, male].sum()) * 8 == pytest.approx(mtfl_pull, abs=1e-6)
 
 
 def test_dataset_get_is_deterministic_and_uint8(table: FaceTable) -> None:

@@ -325,6 +325,13 @@ def test_config_bases_that_loop_or_are_missing_are_refused(tmp_path: Path) -> No
         load_config(tmp_path / "c.toml")
 
 
+def test_balanced_attributes_must_be_the_model_s(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
+    config = write_config(tmp_path / "b.toml", tmp_path / "b", data_dir, table_cache)
+    assert load_config(config, {"train.balanced_attributes": ["Male"]}).train.balanced_attributes == ["Male"]
+    with pytest.raises(ConfigError, match=r"balanced_attributes: \['Beard'\] not among model.attribute_names"):
+        load_config(config, {"train.balanced_attributes": ["Beard"]})
+
+
 def test_torchrun_two_processes_with_gloo(tmp_path: Path, data_dir: Path, table_cache: Path) -> None:
     cfg = write_config(tmp_path / "ddp.toml", tmp_path / "ddp", data_dir, table_cache)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -240,6 +240,22 @@ def _utkface_part(folder: Path, spec: TableSpec, cache_dir: Path, detector: Any,
                      age=np.array([f.age for f in kept], np.float32), points=np.stack(points))
 
 
+def attribute_balance(table: FaceTable, indices: np.ndarray, names: Sequence[str], balanced: Sequence[str]
+                      ) -> np.ndarray:
+    """Loss weights (sources, attributes, 2 labels) under which each ``balanced`` attribute's two labels weigh
+    the same within each source set (weight 1/2p for the label a fraction p of its labelled faces carry there),
+    so a set's share of one label does not shift the decision; every other entry weighs 1."""
+    weights = np.ones((len(SOURCES), len(names), 2), np.float32)
+    for name in balanced:
+        a = list(names).index(name)
+        for s in range(len(SOURCES)):
+            rows = indices[(table.source[indices] == s) & table.attr_mask[indices, a]]
+            share = float(table.attributes[rows, a].mean()) if len(rows) else 0.0
+            if 0.0 < share < 1.0:
+                weights[s, a] = 0.5 / (1.0 - share), 0.5 / share
+    return weights
+
+
 class MultiTaskDataset(torch.utils.data.Dataset):
     """Samples of a FaceTable as (crop uint8 (3,S,S), targets dict); augmented when ``augment`` is set.
 
@@ -248,13 +264,15 @@ class MultiTaskDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, table: FaceTable, input_size: int, augment: AugmentConfig | None = None,
-                 targets: np.ndarray | None = None) -> None:
+                 targets: np.ndarray | None = None, attr_weights: np.ndarray | None = None) -> None:
         self.table = table
         self.size = input_size
         self.augment_cfg = augment
         self.pipeline = build_augment(input_size, augment) if augment else None
         self.targets = targets
         """Teacher targets (N, 2, D): of the face and of its mirror image, NaN where a face has none."""
+        self.attr_weights = attr_weights
+        """Attribute loss weights by (source, attribute, label) (:func:`attribute_balance`), or None."""
 
     def __len__(self) -> int:
         return len(self.table)
@@ -289,6 +307,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             "age_mask": bool(np.isfinite(t.age[index])),
             "index": int(index),
         }
+        if self.attr_weights is not None:
+            labels = t.attributes[index].astype(np.int64).clip(0, 1)
+            targets["attr_weight"] = self.attr_weights[t.source[index], np.arange(len(labels)), labels]
         if self.targets is not None:
             target = self.targets[index, int(flipped)]
             targets["distill"], targets["distill_mask"] = target, bool(np.isfinite(target[0]))

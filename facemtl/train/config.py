@@ -79,6 +79,9 @@ class OptimConfig:
     """Tasks whose heads alone learn (a linear probe): the shared network and every other head stay exactly as
     ``init`` had them, BatchNorm statistics and dropout included, so a new head joins a model without changing
     any answer it already gives. Empty: everything learns."""
+    balanced_attributes: list[str] = field(default_factory=list)
+    """Attributes whose two labels weigh the same in the loss within each training set (e.g. ["Male"]: no
+    set's share of men or women moves the decision; ``facemtl.data.mixed.attribute_balance``)."""
     feature_epochs: int = 0
     """With ``train_only``: the frozen network's features of this many epochs of augmented batches are
     computed once, then every epoch trains the heads on one of them in turn (epoch e on cached epoch
@@ -241,6 +244,9 @@ def _validate(cfg: RunConfig) -> None:
         (not t.train_only or bool(t.init), "train.train_only needs train.init (the model whose features to keep)"),
         (not t.train_only or (t.weighting != "gradnorm" and t.gradient == "sum"),
          "train.train_only trains heads alone: gradnorm and pcgrad act on shared parameters it freezes"),
+        (set(t.balanced_attributes) <= set(cfg.model.attribute_names),
+         f"train.balanced_attributes: {sorted(set(t.balanced_attributes) - set(cfg.model.attribute_names))} "
+         "not among model.attribute_names"),
         (t.feature_epochs >= 0, "train.feature_epochs must be >= 0"),
         (not t.feature_epochs or (bool(t.train_only) and not t.keep_init),
          "train.feature_epochs caches the frozen network's features: it needs train.train_only, and not keep_init"),

@@ -187,12 +187,14 @@ def attribute_loss(
     targets: torch.Tensor,
     mask: torch.Tensor,
     pos_weight: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary cross-entropy with logits for ``(N, A)`` attributes, averaged over the valid *entries*.
 
     ``mask`` is ``(N, A)`` bool (a dataset may label only some attributes, e.g. MTFL labels 3 of CelebA's
     40); a ``(N,)`` per-sample mask is broadcast over the attributes. ``pos_weight (A,)`` weighs the
-    positive term per attribute, as in :func:`torch.nn.functional.binary_cross_entropy_with_logits`.
+    positive term per attribute, as in :func:`torch.nn.functional.binary_cross_entropy_with_logits`;
+    ``weight (N, A)`` weighs each entry (``facemtl.data.mixed.attribute_balance``).
     """
     if logits.dim() != 2 or targets.shape != logits.shape:
         raise InvalidInputError(
@@ -209,7 +211,10 @@ def attribute_loss(
         if pos_weight.shape != logits.shape[1:]:
             raise InvalidInputError(f"pos_weight must have shape ({logits.shape[1]},), got {tuple(pos_weight.shape)}")
         pw = pos_weight.float().to(sel.device).expand(logits.shape)[mask]
-    return F.binary_cross_entropy_with_logits(sel, targets[mask].float(), pos_weight=pw)
+    if weight is not None and weight.shape != logits.shape:
+        raise InvalidInputError(f"weight must be (N,A) like the logits, got {tuple(weight.shape)}")
+    return F.binary_cross_entropy_with_logits(sel, targets[mask].float(), pos_weight=pw,
+                                              weight=None if weight is None else weight[mask].float())
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
@@ -316,7 +321,8 @@ def task_losses(out: dict[str, torch.Tensor], tg: dict[str, torch.Tensor], confi
         losses["landmarks"] = landmark_loss(out["landmarks"], tg["landmarks"], tg["landmarks_mask"], landmark_kind,
                                             wing_w=LANDMARK_WING_W * size, wing_eps=LANDMARK_WING_EPS * size)
     if "attributes" in out and bool(tg["attr_mask"].any()):
-        losses["attributes"] = attribute_loss(out["attributes"], tg["attributes"], tg["attr_mask"])
+        losses["attributes"] = attribute_loss(out["attributes"], tg["attributes"], tg["attr_mask"],
+                                              weight=tg.get("attr_weight"))
     if "pose" in out and bool(tg["pose_mask"].any()):
         losses["pose"] = masked_cross_entropy(out["pose"], tg["pose"], tg["pose_mask"])
     if "age" in out and "age_mask" in tg and bool(tg["age_mask"].any()):

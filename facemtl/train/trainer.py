@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..data import data_root
 from ..data.landmark_cache import default_cache_dir
-from ..data.mixed import SOURCES, FaceTable, MultiTaskDataset, TableSpec, build_table, collate
+from ..data.mixed import SOURCES, FaceTable, MultiTaskDataset, TableSpec, attribute_balance, build_table, collate
 from ..data.pairs import MultiTaskBatchSampler
 from ..data.transforms import AugmentConfig
 from ..device import resolve_device
@@ -159,7 +159,9 @@ class Trainer:
         self.train_idx = train_idx
         self.num_identities = len(full.identity_names)
         targets = training_targets(specs["train"], cache, full, d.teacher) if d.teacher else None
-        self.dataset = MultiTaskDataset(full, m.input_size, self.cfg.augment, targets)
+        weights = (attribute_balance(full, train_idx, m.attribute_names, self.cfg.train.balanced_attributes)
+                   if self.cfg.train.balanced_attributes else None)
+        self.dataset = MultiTaskDataset(full, m.input_size, self.cfg.augment, targets, weights)
         plan = replace(self.cfg.train.plan, views=2 if d.mtfl_verification == "views" else 1)
         self.sampler = MultiTaskBatchSampler(full.identity, plan, self.cfg.train.seed, self.rank, self.world,
                                              indices=train_idx)
