@@ -172,11 +172,15 @@ def test_export_leaves_the_model_as_it_was(tmp_path: Path) -> None:
     assert net.training and all(m.training for m in net.modules())
 
 
-@pytest.mark.parametrize("sharing", ["hierarchical", "cross_stitch", "shared_private"])
-def test_every_sharing_design_exports_with_parity(tmp_path: Path, crops: np.ndarray, sharing: str) -> None:
-    """Inference is blind to the sharing design: each exports to TorchScript (and ONNX) within 1e-4."""
+@pytest.mark.parametrize("changes", [{"sharing": "hierarchical"}, {"sharing": "cross_stitch"},
+                                     {"sharing": "shared_private"}, {"head_hidden": {"attributes": 16, "pose": 8}}],
+                         ids=["hierarchical", "cross_stitch", "shared_private", "hidden_heads"])
+def test_every_sharing_design_and_hidden_heads_export_with_parity(tmp_path: Path, crops: np.ndarray,
+                                                                  changes: dict) -> None:
+    """Inference is blind to the sharing design and the heads' depth: each exports to TorchScript (and ONNX)
+    within 1e-4."""
     torch.manual_seed(1)
-    net = MultiTaskNet(ModelConfig(num_identities=5, width=0.25, sharing=sharing, tasks=TASKS)).eval()
+    net = MultiTaskNet(ModelConfig(num_identities=5, width=0.25, tasks=TASKS, **changes)).eval()
     formats = ["torchscript"]
     try:
         import onnx  # noqa: F401

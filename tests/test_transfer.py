@@ -61,6 +61,22 @@ def test_heads_over_other_classes_start_fresh(source: Path) -> None:
     assert shared and all(after[k].equal(load_model(source).state_dict()[k]) for k in shared)
 
 
+def test_a_head_with_a_hidden_layer_starts_fresh_and_travels_in_the_model_file(source: Path, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model = tiny(head_hidden={"attributes": 32})       # its output layer (40, 32) has the linear head's shape
+    done = init_from(model, source, PEOPLE)
+    mine = {k for k in model.state_dict() if k.startswith("heads.attributes.")}
+    assert mine == {f"heads.attributes.mlp.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")}
+    assert mine <= set(done.fresh) and not mine & set(done.copied)
+    model.save(tmp_path / "hidden.pt")
+    again = load_model(tmp_path / "hidden.pt")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 255
+    with torch.no_grad():
+        assert again.config.head_hidden == {"attributes": 32}
+        assert torch.equal(again(x)["attributes"], model.eval()(x)["attributes"])
+    with pytest.raises(ConfigError, match="head_hidden: {'landmarks': 8}"):
+        tiny(head_hidden={"landmarks": 8})
+
 
 def test_a_split_neck_starts_as_the_shared_neck_so_every_output_is_unchanged(source: Path) -> None:
     torch.manual_seed(2)
@@ -74,6 +90,7 @@ def test_a_split_neck_starts_as_the_shared_neck_so_every_output_is_unchanged(sou
     assert all(torch.equal(mine[k], before[k]) for k in before)
     assert done.fresh == ("heads.embedding.center", "heads.embedding.projection")
     assert model.sharing.split_neck.fc.weight.data_ptr() != model.sharing.neck.fc.weight.data_ptr()
+
 
 def test_a_network_of_another_shape_is_refused(source: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not fit the config's \\[model\\].*sharing"):

@@ -114,3 +114,19 @@ class LinearHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
+
+
+class MLPHead(nn.Module):
+    """Logits through one hidden layer (linear, ReLU, dropout): a head that can bend where a linear one cannot.
+
+    Its tensors are named apart from :class:`LinearHead`'s, so a linear head in a model file is never copied
+    into it.
+    """
+
+    def __init__(self, in_features: int, hidden: int, outputs: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(hidden, outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)

@@ -19,7 +19,7 @@ from ..align import template
 from ..errors import ConfigError, WeightsError
 from ..serialization import load_file, save_file
 from ..types import AGE_MAX, CELEBA_ATTRIBUTES, POSE_NAMES
-from .heads import EmbeddingHead, IdentityHead, LandmarkHead, LinearHead
+from .heads import EmbeddingHead, IdentityHead, LandmarkHead, LinearHead, MLPHead
 from .sharing import DEFAULT_TASKS, TASKS, Sharing, build_sharing
 
 MODEL_FORMAT = "facemtl-model"
@@ -27,6 +27,8 @@ MODEL_VERSION = 1
 TASK_OUTPUT = {"identity": "identity", "verification": "embedding", "landmarks": "landmarks",
                "attributes": "attributes", "pose": "pose", "age": "age"}
 """Which output of the network each task's loss reads."""
+HIDDEN_HEAD_TASKS = ("attributes", "pose", "age")
+"""Tasks whose head may have a hidden layer (``ModelConfig.head_hidden``)."""
 
 
 @dataclass
@@ -51,6 +53,9 @@ class ModelConfig:
     pose_names: tuple[str, ...] = POSE_NAMES
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    head_hidden: dict[str, int] = field(default_factory=dict)
+    """Width of a hidden layer in the heads of these tasks ("attributes", "pose", "age"; :class:`MLPHead`);
+    the others stay linear."""
     verification_threshold: float | None = None
     """Cosine similarity above which two faces are called the same person (calibrated on evaluation pairs)."""
 
@@ -66,6 +71,10 @@ class ModelConfig:
             raise ConfigError(f"input_size must be >= 32, got {self.input_size}")
         if self.identity_from not in ("features", "embedding"):
             raise ConfigError(f"identity_from must be 'features' or 'embedding', got {self.identity_from!r}")
+        bad = {task: width for task, width in self.head_hidden.items()
+               if task not in HIDDEN_HEAD_TASKS or not isinstance(width, int) or width < 1}
+        if bad:
+            raise ConfigError(f"head_hidden: {bad} - tasks among {', '.join(HIDDEN_HEAD_TASKS)}, widths >= 1")
         if self.identity_from == "embedding" and "identity" in self.tasks and "verification" not in self.tasks:
             raise ConfigError("identity_from = 'embedding' needs the verification task (its embedding head)")
 
@@ -111,12 +120,11 @@ class MultiTaskNet(nn.Module):
             heads["embedding"] = EmbeddingHead(dim, config.embedding_dim)
         if "landmarks" in config.tasks:
             heads["landmarks"] = LandmarkHead(dim, config.template)
-        if "attributes" in config.tasks:
-            heads["attributes"] = LinearHead(dim, len(config.attribute_names))
-        if "pose" in config.tasks:
-            heads["pose"] = LinearHead(dim, len(config.pose_names))
-        if "age" in config.tasks:
-            heads["age"] = LinearHead(dim, AGE_MAX + 1)
+        outputs = {"attributes": len(config.attribute_names), "pose": len(config.pose_names), "age": AGE_MAX + 1}
+        for task, count in outputs.items():
+            if task in config.tasks:
+                hidden = config.head_hidden.get(task, 0)
+                heads[task] = MLPHead(dim, hidden, count, config.dropout) if hidden else LinearHead(dim, count)
         self.heads = nn.ModuleDict(heads)
         self.head_group = {name: self.sharing.group_of[task] for task, name in TASK_OUTPUT.items()
                            if name in heads}
