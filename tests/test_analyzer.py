@@ -123,6 +123,6 @@ def test_the_shipped_model_reads_an_age_that_follows_celeba_young(analyzer: Face
     ok = np.isfinite(ages)
     assert ok.sum() >= 150 and ((ages[ok] > 5) & (ages[ok] < 90)).all()
     older, younger = np.median(ages[ok & (labels == 0)]), np.median(ages[ok & (labels == 1)])
-    assert older > younger + 12, (older, younger)       # measured: 48.4 against 29.1 years (160 faces found)
+    assert older > younger + 12, (older, younger)       # measured: 46.3 against 29.4 years (160 faces found)
     face = found[0][0]
     assert face.to_dict()["age"] == round(face.age, 1) and face_labels(face, top=2)[0] == f"age {face.age:.0f}"

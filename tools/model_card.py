@@ -100,7 +100,8 @@ def main() -> None:
         f"- Heads: identity softmax over {model.config.num_identities} training identities, "
         f"{model.config.embedding_dim}-D L2-normalised embedding ({_embedding_source(cfg)}), 5 landmarks, "
         "CelebA's 40 attributes, 5-way head pose" + (", age in years (a distribution over 0..100, its expected "
-                                                      "value)" if "age" in model.config.tasks else "") + ".",
+                                                      "value)" if "age" in model.config.tasks else "") + "."
+        + _hidden_note(model.config.head_hidden),
         f"- Verification threshold stored in the file: cosine >= {model.config.verification_threshold:.4f}"
         + (" (between projected embeddings, see below), " if projection.get("method", "none") != "none" else ", ") +
         f"the threshold with the best accuracy over all pairs of the CelebA val identities (never seen in "
@@ -238,6 +239,14 @@ def _offset_note(ev: dict[str, Any]) -> str:
             "annotations; on MTFL training photos aligned on their annotations the head sits within 0.5 px of "
             "them in x and at most 1 px above them in y (`tests/test_analyzer.py`), so AFLW's annotations lie "
             "further right and lower than the training sets' do.")
+
+
+def _hidden_note(hidden: dict[str, int]) -> str:
+    """Which heads have a hidden layer (model.head_hidden), in a sentence; empty when all are linear."""
+    if not hidden:
+        return ""
+    return " Hidden layers (`model.head_hidden`): " + ", ".join(f"{task} {width}" for task, width in hidden.items()) + \
+        "; the other heads are linear."
 
 
 def _threshold_note(meta: dict[str, str]) -> str:
