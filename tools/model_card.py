@@ -118,9 +118,8 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; wall time {wall / 3600:.2f} h; "
         f"median throughput {sorted(speed)[len(speed) // 2] if speed else 0:.0f} samples/s.",
         f"- Loss weighting `{cfg['train']['weighting']}` {cfg['train']['weighting_options']}, landmark loss "
-        f"`{cfg['train']['landmark_loss']}`, {OPTIMIZERS[cfg['train'].get('optimizer', 'sgd')]} lr {cfg['train']['lr']} "
-        f"(cosine), weight decay "
-        f"{cfg['train']['weight_decay']}.",
+        f"`{cfg['train']['landmark_loss']}`, {OPTIMIZERS[cfg['train'].get('optimizer', 'sgd')]} "
+        f"lr {cfg['train']['lr']} (cosine), weight decay {cfg['train']['weight_decay']}.",
         *([f"- {args.note}"] if args.note else []),
         "",
         "## Evaluation",
@@ -245,8 +244,8 @@ def _hidden_note(hidden: dict[str, int]) -> str:
     """Which heads have a hidden layer (model.head_hidden), in a sentence; empty when all are linear."""
     if not hidden:
         return ""
-    return " Hidden layers (`model.head_hidden`): " + ", ".join(f"{task} {width}" for task, width in hidden.items()) + \
-        "; the other heads are linear."
+    widths = ", ".join(f"{task} {width}" for task, width in hidden.items())
+    return f" Hidden layers (`model.head_hidden`): {widths}; the other heads are linear."
 
 
 def _threshold_note(meta: dict[str, str]) -> str:

@@ -20,7 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -436,8 +436,7 @@ class Trainer:
                    disable=not self.main, dynamic_ncols=True, unit="step")
         cached = []
         for images, tg in self._loader(batches, epoch, 0):
-            images = images.to(self.device).float().contiguous(memory_format=torch.channels_last)
-            cached.append(({k: v.float() for k, v in self.model.shared_features(images).items()},
+            cached.append(({k: v.float() for k, v in self.model.shared_features(self._on_device(images)).items()},
                            {k: v.to(self.device) for k, v in tg.items()}))
             bar.update(1)
         bar.close()
@@ -477,7 +476,7 @@ class Trainer:
             with autocast:
                 out = self.model.head_outputs(inputs)
         else:
-            images = inputs.to(self.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+            images = self._on_device(inputs)
             with autocast:
                 out = self.net(images)
         losses = task_losses(out, tg, self.model.config, self.cfg.train.verification_margin,
@@ -516,10 +515,7 @@ class Trainer:
             pcgrad_backward(weighted, {k: 1.0 for k in weighted}, self.model.sharing.shared_parameters(),
                             generator=self.pcgrad_gen)
             if self.distributed:
-                for p in self.model.sharing.shared_parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= self.world
+                self._average_gradients(self.model.sharing.shared_parameters())
             weighting_params = list(self.weighting.parameters())
             if weighting_params:
                 self.weighting({k: v.detach() for k, v in losses.items()}).backward(inputs=weighting_params)
@@ -527,16 +523,24 @@ class Trainer:
             total = self.weighting(losses, shared_parameters=self.model.sharing.last_shared_parameters())
             self.scaler.scale(total + extra_total).backward()
             if self.distributed and isinstance(inputs, dict):    # the heads ran outside DDP: average by hand
-                for p in self.model.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= self.world
+                self._average_gradients(self.model.parameters())
         self.scaler.unscale_(self.optimizer)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return values
+
+    def _average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Average these parameters' gradients over the processes (where DDP does not do it)."""
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def _on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 crop batch as the network takes it: float, on the device, channels-last."""
+        return images.to(self.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
 
     def _end_epoch(self, train_losses: dict[str, float], samples: int, elapsed: float) -> None:
         self.weighting.epoch_end(train_losses)

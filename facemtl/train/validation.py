@@ -34,9 +34,9 @@ class ValidationSet:
 
     dataset: MultiTaskDataset
     indices: np.ndarray
-    features: list[dict[str, torch.Tensor]] | None = None
-    """The frozen network's features of each batch (:func:`with_features`): ``predict`` then runs the heads
-    alone."""
+    cached: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] | None = None
+    """The frozen network's features and the targets of each batch (:func:`with_features`): ``predict`` then
+    runs the heads alone on them, without reading the crops again."""
 
 
 def _batches(vset: ValidationSet, batch: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -50,9 +50,9 @@ def _batches(vset: ValidationSet, batch: int) -> Iterator[tuple[torch.Tensor, di
 def with_features(model: MultiTaskNet, vset: ValidationSet, device: torch.device, batch: int = 256
                   ) -> ValidationSet:
     """The set with the frozen network's features of its crops computed once (for head-only training)."""
-    features = [{k: v.float() for k, v in model.shared_features(images.to(device)).items()}
-                for images, _ in _batches(vset, batch)]
-    return replace(vset, features=features)
+    cached = [({k: v.float() for k, v in model.shared_features(images.to(device)).items()}, tg)
+              for images, tg in _batches(vset, batch)]
+    return replace(vset, cached=cached)
 
 
 @torch.no_grad()
@@ -63,10 +63,8 @@ def predict(model: MultiTaskNet, vset: ValidationSet, device: torch.device, batc
     targets: dict[str, list[np.ndarray]] = {}
     loss_sums: dict[str, float] = {}
     batches = 0
-    if vset.features is not None and len(vset.features) != -(-len(vset.indices) // batch):
-        raise ValueError(f"the set's features are in {len(vset.features)} batches, not batches of {batch}")
-    for b, (images, tg) in enumerate(_batches(vset, batch)):
-        out = model.head_outputs(vset.features[b]) if vset.features is not None else model(images.to(device))
+    for inputs, tg in vset.cached if vset.cached is not None else _batches(vset, batch):
+        out = model.head_outputs(inputs) if vset.cached is not None else model(inputs.to(device))
         tg_dev = {k: v.to(device) for k, v in tg.items()}
         tg_dev["pair_id"] = tg_dev["identity"]
         for task, value in task_losses(out, tg_dev, model.config, margin=margin).items():
