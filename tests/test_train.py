@@ -341,6 +341,7 @@ def test_torchrun_two_processes_with_gloo(tmp_path: Path, data_dir: Path, table_
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert out.count("facemtl train:") == 1 and "x 2 process(es)" in out    # rank 0 alone reports
+    assert out.count("model written to") == 1
     run = tmp_path / "ddp"
     assert (run / "model.pt").is_file() and (run / "log.csv").is_file()
     assert load_file(run / "checkpoint.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)["world"] == 2

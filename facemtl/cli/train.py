@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tomllib
 
 from ..errors import ConfigError
@@ -31,5 +32,6 @@ def run_train(args: argparse.Namespace) -> int:
         overrides["train.init"] = args.init
     cfg = load_config(args.config, overrides)
     path = train(cfg, reschedule=args.reschedule)
-    print(f"model written to {path}")
+    if os.environ.get("RANK", "0") == "0":          # under torchrun the first process alone reports
+        print(f"model written to {path}")
     return 0
