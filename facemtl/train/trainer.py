@@ -154,7 +154,7 @@ class Trainer:
                           for name, spec in specs.items()}
             self._barrier()
         full = tables["train"]
-        train_idx, holdout = _split(full, d.mtfl_val_fraction, d.identity_val_per_id, self.cfg.train.seed)
+        train_idx, holdout = holdout_split(full, d.mtfl_val_fraction, d.identity_val_per_id, self.cfg.train.seed)
         self.table = full
         self.train_idx = train_idx
         self.num_identities = len(full.identity_names)
@@ -641,7 +641,7 @@ def _format_row(row: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _split(table: FaceTable, mtfl_fraction: float, per_identity: int, seed: int
+def holdout_split(table: FaceTable, mtfl_fraction: float, per_identity: int, seed: int
            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Training indices and held-out validation indices (CelebA images of training identities; MTFL faces)."""
     rng = np.random.default_rng([seed, 11])
