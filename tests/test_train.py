@@ -450,11 +450,11 @@ def test_keep_init_holds_the_heads_near_the_model_it_started_from(tmp_path: Path
             assert held and all(torch.equal(p, theirs[n]) for n, p in held.items())   # frozen: the init model
             assert "loss_keep" in (tmp_path / "keep-True" / "log.csv").read_text().splitlines()[0]
         images = torch.from_numpy(np.stack([trainer.dataset[i][0] for i in range(32)])).float()
-        with torch.no_grad():
-            before, after = shipped(images), trainer.model.eval()(images)
+        with torch.no_grad():               # batch statistics, as keep compares them: the running statistics drift
+            before, after = shipped.train()(images), trainer.model.train()(images)    # on these few photos anyway
         drift[keep] = (float((after["landmarks"] - before["landmarks"]).abs().mean()),
                        float((after["attributes"].sigmoid() - before["attributes"].sigmoid()).abs().mean()))
     # the same seed and batches with and without keep: without its pull the drifts would be equal. Measured with
-    # the shipped weights: landmarks 0.527 -> 0.479 px, attribute probabilities 0.084 -> 0.058 (the clipped
+    # the shipped weights: landmarks 0.308 -> 0.244 px, attribute probabilities 0.076 -> 0.055 (the clipped
     # gradients of the fresh identity head dominate thirty steps)
-    assert drift[True][0] < 0.95 * drift[False][0] and drift[True][1] < 0.9 * drift[False][1], drift
+    assert drift[True][0] < 0.9 * drift[False][0] and drift[True][1] < 0.85 * drift[False][1], drift
