@@ -14,12 +14,13 @@ import torch
 
 from facemtl.data.celeba import read_celeba
 from facemtl.data.folders import read_person_folders
-from facemtl.data.mixed import TableSpec, build_table
+from facemtl.data.mixed import SOURCES, TableSpec, build_table
 from facemtl.data.mtfl import read_mtfl
+from facemtl.errors import ConfigError
 from facemtl.train.config import load_config
 from facemtl.train.teacher import (DLIB_TEACHER, TARGET_DIM, VIEWS, TeacherError, check_no_test_faces,
                                    compute_targets, face_box, held_out_files, load_targets, reuse_targets,
-                                   target_table, teacher_path)
+                                   target_table, teacher_path, training_targets)
 from facemtl.model.multitask import MultiTaskNet
 from facemtl.train.losses import task_losses
 from facemtl.train.trainer import BatchList, Trainer, table_specs
@@ -98,6 +99,25 @@ def test_targets_are_centred_and_normalised() -> None:
     assert np.isnan(t[5]).all()
     assert np.allclose(np.linalg.norm(t[:5], axis=-1), 1, atol=1e-5)
     assert abs(float(np.mean(t[:5] @ t[:5].reshape(-1, TARGET_DIM).mean(0)))) < 0.5   # the offset is gone
+
+
+def test_teacher_sources_keep_the_other_faces_out_of_the_targets_and_their_mean(tmp_path: Path,
+                                                                               data_dir: Path) -> None:
+    spec = TableSpec(str(data_dir), "train", None, "training", limit=40)
+    table = build_table(spec, tmp_path, progress=False)
+    FakeTeacher.calls, FakeTeacher.fail_after = 0, None
+    raw, done = compute_targets(table, teacher_path(spec, tmp_path), data_dir, teacher=FakeTeacher, progress=False)
+    celeba = table.source == SOURCES.index("celeba")
+    assert done.all() and 0 < celeba.sum() < len(table)
+    every = training_targets(spec, tmp_path, table)
+    only = training_targets(spec, tmp_path, table, sources=["celeba"])
+    assert np.isfinite(every).all() and np.isnan(only[~celeba]).all()
+    assert np.array_equal(only[celeba], target_table(raw[celeba], done[celeba]))     # centred on CelebA's alone
+    assert not np.allclose(only[celeba], every[celeba])
+    config = write_config(tmp_path / "s.toml", tmp_path / "s", data_dir, tmp_path)
+    assert load_config(config, {"data.teacher_sources": ["celeba", "mtfl"]}).data.teacher_sources == ["celeba", "mtfl"]
+    with pytest.raises(ConfigError, match=r"data.teacher_sources: \['lfw'\] not among"):
+        load_config(config, {"data.teacher_sources": ["lfw"]})
 
 
 def test_a_run_learns_from_fake_targets(tmp_path: Path, data_dir: Path) -> None:
@@ -181,7 +201,7 @@ SLOW_RUN = """
 import sys, time
 import numpy as np
 from pathlib import Path
-from facemtl.data.mixed import TableSpec, build_table
+from facemtl.data.mixed import SOURCES, TableSpec, build_table
 from facemtl.train.teacher import compute_targets
 sys.path.insert(0, {tests!r})
 from test_teacher import FakeTeacher

@@ -48,7 +48,7 @@ def main() -> None:
     spec = table_specs(cfg)["train"]
     cache = default_cache_dir(cfg.data.cache_dir)
     table = build_table(spec, cache)
-    targets = training_targets(spec, cache, table, cfg.data.teacher)[:, 0]
+    targets = training_targets(spec, cache, table, cfg.data.teacher, cfg.data.teacher_sources)[:, 0]
     labelled = ~np.isnan(targets).any(1)
     train_idx, held = holdout_split(table, cfg.data.mtfl_val_fraction, cfg.data.identity_val_per_id, cfg.train.seed)
     train_idx = train_idx[labelled[train_idx]]

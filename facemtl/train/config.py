@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.mixed import SOURCES
 from ..data.pairs import BatchPlan
 from ..data.transforms import AugmentConfig
 from ..errors import ConfigError
@@ -32,6 +33,9 @@ class DataConfig:
     teacher: str = ""
     """Learn from a teacher (``dlib_face_recognition_resnet_model_v1``): its targets, from ``facemtl teach``
     with the same config, join the run as the masked task ``distill`` on the embedding; empty = none."""
+    teacher_sources: list[str] = field(default_factory=list)
+    """The sources whose faces learn from the teacher ("celeba", "wild", "mtfl", "utkface"; empty = all with a
+    target): a run stays the same when the cache later holds targets for more faces."""
     cache_dir: str = ""
     """Derived data (detector landmarks, crop tables); empty means ``$FACEMTL_CACHE`` or ~/.cache/facemtl."""
     padding: int = 16
@@ -255,6 +259,8 @@ def _validate(cfg: RunConfig) -> None:
          "data.teacher must be '' or 'dlib_face_recognition_resnet_model_v1'"),
         (not cfg.data.teacher or ("verification" in cfg.model.tasks and cfg.model.embedding_dim == 128),
          "data.teacher needs the verification task's embedding with model.embedding_dim = 128 (the teacher's)"),
+        (set(cfg.data.teacher_sources) <= set(SOURCES),
+         f"data.teacher_sources: {sorted(set(cfg.data.teacher_sources) - set(SOURCES))} not among {', '.join(SOURCES)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -244,13 +244,17 @@ def target_table(targets: np.ndarray, done: np.ndarray) -> np.ndarray:
     return centred.astype(np.float32)
 
 
-def training_targets(spec: TableSpec, cache_dir: Path, table: FaceTable, teacher: str = DLIB_TEACHER) -> np.ndarray:
-    """The centred, normalised targets a run trains on (NaN for faces without one); refuses a missing file."""
+def training_targets(spec: TableSpec, cache_dir: Path, table: FaceTable, teacher: str = DLIB_TEACHER,
+                     sources: Sequence[str] = ()) -> np.ndarray:
+    """The centred, normalised targets a run trains on (NaN for faces without one, or outside ``sources`` when
+    given: those are neither trained on nor in the mean); refuses a missing file."""
     path = teacher_path(spec, cache_dir, teacher)
     if not path.is_file():
         raise TeacherError(f"no teacher targets for this run's faces at {path}: run `facemtl teach` with the "
                            "same config first")
     targets, done = load_targets(path, table)
+    if sources:
+        done &= np.isin(table.source, [SOURCES.index(name) for name in sources])
     if not done.any():
         raise TeacherError(f"{path}: no face has a target yet")
     return target_table(targets, done)

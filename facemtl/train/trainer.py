@@ -158,7 +158,7 @@ class Trainer:
         self.table = full
         self.train_idx = train_idx
         self.num_identities = len(full.identity_names)
-        targets = training_targets(specs["train"], cache, full, d.teacher) if d.teacher else None
+        targets = training_targets(specs["train"], cache, full, d.teacher, d.teacher_sources) if d.teacher else None
         weights = (attribute_balance(full, train_idx, m.attribute_names, self.cfg.train.balanced_attributes)
                    if self.cfg.train.balanced_attributes else None)
         self.dataset = MultiTaskDataset(full, m.input_size, self.cfg.augment, targets, weights)
