@@ -642,7 +642,7 @@ def _format_row(row: dict[str, Any]) -> str:
 
 
 def holdout_split(table: FaceTable, mtfl_fraction: float, per_identity: int, seed: int
-           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Training indices and held-out validation indices (CelebA images of training identities; MTFL faces)."""
     rng = np.random.default_rng([seed, 11])
     held_identity: list[int] = []
