@@ -338,11 +338,8 @@ class Trainer:
                      and not any(name.startswith(f"heads.{h}.") for name in fresh)]
         if not self.kept:
             raise ConfigError(f"train.keep_init: {self.cfg.train.init} has none of {KEPT_OUTPUTS} to keep")
-        keeper.requires_grad_(False).train()           # batch statistics, as the student's: equal at the start,
-        for module in keeper.modules():                   # but without dropout, so the targets are not noisy
-            if isinstance(module, torch.nn.Dropout):
-                module.eval()
-        self.keeper = keeper.to(memory_format=torch.channels_last)
+        keeper.requires_grad_(False)
+        self.keeper = batch_statistics_mode(keeper).to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- training
     def run(self) -> Path:
@@ -639,6 +636,16 @@ def _format_row(row: dict[str, Any]) -> str:
     parts = [f"epoch {row['epoch']}", f"{row['samples_per_s']:.0f} samples/s"]
     parts += [f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val_")]
     return " | ".join(parts)
+
+
+def batch_statistics_mode(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with BatchNorm on each batch's statistics, as a training student's, but dropout off: the outputs
+    ``keep`` compares (equal to the student's at the start, and not noisy)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    return model
 
 
 def holdout_split(table: FaceTable, mtfl_fraction: float, per_identity: int, seed: int
