@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import tomllib
 
 from ..errors import ConfigError
@@ -32,6 +31,6 @@ def run_train(args: argparse.Namespace) -> int:
         overrides["train.init"] = args.init
     cfg = load_config(args.config, overrides)
     path = train(cfg, reschedule=args.reschedule)
-    if os.environ.get("RANK", "0") == "0":          # under torchrun the first process alone reports
+    if path is not None:                            # under torchrun the first process alone writes it
         print(f"model written to {path}")
     return 0

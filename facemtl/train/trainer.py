@@ -342,8 +342,9 @@ class Trainer:
         self.keeper = batch_statistics_mode(keeper).to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- training
-    def run(self) -> Path:
-        """Train to the configured number of epochs; returns the final model path."""
+    def run(self) -> Path | None:
+        """Train to the configured number of epochs; returns the final model path (None on the processes
+        other than the first under torchrun, which write nothing)."""
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
@@ -375,7 +376,7 @@ class Trainer:
             self.model.save(path, meta=self._meta())
             self._write_logs(final=True)
         self._barrier()
-        return path
+        return path if self.main else None
 
     def _loader(self, batches: list[np.ndarray], epoch: int, start: int
                 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -666,8 +667,9 @@ def holdout_split(table: FaceTable, mtfl_fraction: float, per_identity: int, see
     return np.flatnonzero(~held), {"identity": np.array(held_identity, dtype=np.int64), "mtfl": held_mtfl}
 
 
-def train(cfg: RunConfig, reschedule: bool = False) -> Path:
-    """Train (resuming when ``cfg.out_dir`` holds a checkpoint); returns the final model file.
+def train(cfg: RunConfig, reschedule: bool = False) -> Path | None:
+    """Train (resuming when ``cfg.out_dir`` holds a checkpoint); returns the final model file, or None on the
+    processes other than the first under torchrun (the first alone writes it).
 
     ``reschedule`` lets a resumed run change its number of epochs (shorten or extend it); the change is
     recorded in the checkpoint and the model's metadata."""
