@@ -95,6 +95,8 @@ def test_projection_is_applied_to_the_embedding_only_and_survives_a_model_file(t
     loaded = load_model(path)
     with torch.no_grad():
         out = loaded(x)
+        unprojected = loaded.unprojected_embedding(x)
+    np.testing.assert_allclose(unprojected.numpy(), raw, atol=1e-6)
     expected = (raw - centre) @ projection
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(out["embedding"].numpy(), expected, atol=1e-5)

@@ -30,8 +30,7 @@ def embeddings(model: torch.nn.Module, crops: np.ndarray, size: int, batch: int 
     for start in range(0, len(crops), batch):
         x = np.stack([center_crop(c, size)[0] for c in crops[start:start + batch]])
         with torch.no_grad():
-            emb = model.heads["embedding"](model.shared_features(torch.from_numpy(x).permute(0, 3, 1, 2))[
-                model.head_group["embedding"]])
+            emb = model.unprojected_embedding(torch.from_numpy(x).permute(0, 3, 1, 2))
         out.append(emb.numpy())
     return np.concatenate(out)
 

@@ -144,6 +144,11 @@ class MultiTaskNet(nn.Module):
             out["embedding"] = self.heads["embedding"].project(out["embedding"])
         return out
 
+    def unprojected_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Crops (N,3,S,S) with pixel values 0..255 -> the embedding before any projection: what training, the
+        teacher's term and the projection's fit see."""
+        return self.heads["embedding"](self.shared_features(x)[self.head_group["embedding"]])
+
     def shared_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Crops (N,3,S,S) with pixel values 0..255 -> the sharing design's feature vector per head group."""
         return self.sharing((x.to(self.mean.dtype) - self.mean) / self.std)

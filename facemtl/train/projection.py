@@ -48,13 +48,11 @@ def fit_within_whitening(embeddings: np.ndarray, identities: np.ndarray,
 def training_embeddings(model: MultiTaskNet, crops: np.ndarray, device: torch.device,
                         batch_size: int = 256) -> np.ndarray:
     """Unprojected embeddings (2N,D) of uint8 crops (N,S,S,3) and of their mirror images, in that order."""
-    head = model.heads["embedding"]
-    group = model.head_group["embedding"]
     parts: list[list[np.ndarray]] = [[], []]
     for start in range(0, len(crops), batch_size):
         x = torch.from_numpy(crops[start:start + batch_size]).to(device).permute(0, 3, 1, 2).float()
         for part, view in zip(parts, (x, x.flip(3))):
-            part.append(head(model.shared_features(view)[group]).float().cpu().numpy())
+            part.append(model.unprojected_embedding(view).float().cpu().numpy())
     return np.concatenate([np.concatenate(p) for p in parts])
 
 
