@@ -201,7 +201,7 @@ SLOW_RUN = """
 import sys, time
 import numpy as np
 from pathlib import Path
-from facemtl.data.mixed import SOURCES, TableSpec, build_table
+from facemtl.data.mixed import TableSpec, build_table
 from facemtl.train.teacher import compute_targets
 sys.path.insert(0, {tests!r})
 from test_teacher import FakeTeacher

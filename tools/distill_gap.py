@@ -17,18 +17,17 @@ import torch
 
 from facemtl.data.landmark_cache import default_cache_dir
 from facemtl.data.mixed import SOURCES, build_table
-from facemtl.data.transforms import center_crop
 from facemtl.model.multitask import load_model
 from facemtl.train.config import load_config
 from facemtl.train.teacher import training_targets
 from facemtl.train.trainer import holdout_split, table_specs
 
 
-def embeddings(model: torch.nn.Module, crops: np.ndarray, size: int, batch: int = 256) -> np.ndarray:
-    """The model's training embedding (before any projection) of the centre of each context crop."""
+def embeddings(model: torch.nn.Module, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The model's training embedding (before any projection) of model-sized uint8 crops (N,S,S,3)."""
     out = []
     for start in range(0, len(crops), batch):
-        x = np.stack([center_crop(c, size)[0] for c in crops[start:start + batch]])
+        x = np.ascontiguousarray(crops[start:start + batch])
         with torch.no_grad():
             emb = model.unprojected_embedding(torch.from_numpy(x).permute(0, 3, 1, 2))
         out.append(emb.numpy())
@@ -59,12 +58,13 @@ def main() -> None:
             sets[f"{name} training faces"] = rng.choice(rows, min(args.faces, len(rows)), replace=False)
     sets[f"{SOURCES[0]} held out (training identities)"] = held["identity"]
     sets[f"{SOURCES[2]} held out"] = held["mtfl"]
+    pad, size = spec.padding, spec.input_size
     print("| model | faces | count | 1 - cos mean | median |\n|---|---|---:|---:|---:|")
     for path in args.models:
         model = load_model(path)
         for name, rows in sets.items():
             rows = np.sort(rows[labelled[rows]])
-            cos = (embeddings(model, table.crops[rows], cfg.model.input_size) * targets[rows]).sum(1)
+            cos = (embeddings(model, table.crops[rows][:, pad:pad + size, pad:pad + size]) * targets[rows]).sum(1)
             print(f"| {path} | {name} | {len(rows)} | {1 - cos.mean():.4f} | {1 - np.median(cos):.4f} |")
 
 
